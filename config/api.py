@@ -1,0 +1,87 @@
+"""The Ninja API object: routers from each app, one auth, one error shape."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import connection
+from django.http import HttpRequest
+from ninja import NinjaAPI
+from ninja import Schema
+from ninja import Status
+
+from config.errors import error_response
+from config.errors import install_error_handlers
+from platform_apps.api import router as apps_router
+from tenants.api import router as tokens_router
+from tenants.auth import TokenAuth
+
+logger = logging.getLogger(__name__)
+
+api = NinjaAPI(
+    title="Coltsfoot",
+    version="1",
+    description="Deploy Python web apps into gVisor sandboxes. Authenticate with `Authorization: Bearer <token>`.",
+    auth=TokenAuth(),
+    urls_namespace="api-v1",
+)
+install_error_handlers(api)
+
+
+class HealthOut(Schema):
+    status: str
+
+
+class ReadyOut(Schema):
+    status: str
+    checks: dict[str, bool]
+
+
+@api.get("/health", auth=None, response=HealthOut, tags=["health"], summary="The API process is up")
+def health(request: HttpRequest) -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _check_database() -> bool:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except Exception:
+        logger.warning("readiness: database check failed", exc_info=True)
+        return False
+
+
+def _check_broker() -> bool:
+    from config.celery import app as celery_app
+
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return True
+    except Exception:
+        logger.warning("readiness: broker check failed", exc_info=True)
+        return False
+
+
+def _check_caddy() -> bool:
+    from caddy.client import CaddyClient
+
+    with CaddyClient.from_settings() as client:
+        return client.ping()
+
+
+@api.get(
+    "/ready", auth=None, response={200: ReadyOut, 503: ReadyOut}, tags=["health"], summary="Dependencies reachable"
+)
+def ready(request: HttpRequest) -> Status[dict[str, object]]:
+    checks = {"database": _check_database(), "broker": _check_broker(), "caddy": _check_caddy()}
+    if all(checks.values()):
+        return Status(200, {"status": "ready", "checks": checks})
+    return Status(503, {"status": "unavailable", "checks": checks})
+
+
+api.add_router("/", tokens_router)
+api.add_router("/", apps_router)
+
+__all__ = ["api", "error_response"]

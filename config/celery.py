@@ -1,0 +1,16 @@
+"""The Celery application. Worker: `celery -A config worker`; beat: `celery -A config beat`."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from config.settings_utils import require_secret_key
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+require_secret_key()
+
+app = Celery("coltsfoot")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

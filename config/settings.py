@@ -1,0 +1,213 @@
+"""Django settings for the Coltsfoot control plane. Everything environment-specific comes from
+environment variables documented in .env.example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote
+from urllib.parse import urlsplit
+
+import django_stubs_ext
+
+from config.settings_utils import data_dir
+from config.settings_utils import env_bool
+from config.settings_utils import env_int
+from config.settings_utils import env_list
+from config.settings_utils import env_str
+from config.settings_utils import require_secret_key
+
+# Lets admin.ModelAdmin[Model] and friends be subscripted at runtime, as the type hints do.
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = require_secret_key()
+DEBUG = env_bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+
+DATA_DIR = data_dir()
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "ninja",
+    "tenants",
+    "platform_apps",
+    "provisioning",
+]
+
+MIDDLEWARE = [
+    "config.logging.RequestIdMiddleware",
+    "config.middleware.ApiErrorShapeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database_from_url(url: str) -> dict[str, object]:
+    parts = urlsplit(url)
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise SystemExit(f"coltsfoot: DATABASE_URL must be a postgres:// URL, got scheme {parts.scheme!r}.")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.lstrip("/")),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+        # Behind PgBouncer in transaction mode, server-side cursors break across transactions.
+        "DISABLE_SERVER_SIDE_CURSORS": True,
+        "CONN_MAX_AGE": 0,
+    }
+
+
+_database_url = env_str("DATABASE_URL", "")
+if _database_url:
+    DATABASES = {"default": _database_from_url(_database_url)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": env_str("COLTSFOOT_DB_PATH", str(DATA_DIR / "coltsfoot.sqlite3")),
+            "OPTIONS": {
+                # IMMEDIATE takes the write lock at BEGIN, so two writers queue on the busy timeout
+                # instead of one failing with "database is locked" halfway through a transaction.
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
+            },
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+# Request bodies: source archives are streamed to disk by the deploy endpoint, so the in-memory
+# cap only guards JSON and form bodies.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("COLTSFOOT_MAX_JSON_BYTES", 1024 * 1024)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+FILE_UPLOAD_TEMP_DIR = str(DATA_DIR / "uploads")
+Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- Coltsfoot ---------------------------------------------------------------------------------
+API_BIND = env_str("COLTSFOOT_API_BIND", "127.0.0.1:8000")
+APPS_DOMAIN = env_str("COLTSFOOT_APPS_DOMAIN", "localhost")
+EDGE_LISTEN = env_str("COLTSFOOT_EDGE_LISTEN", "127.0.0.1:8080")
+EDGE_PUBLIC_URL_TEMPLATE = env_str("COLTSFOOT_EDGE_URL_TEMPLATE", "http://{host}:8080/")
+CADDY_ADMIN_URL = env_str("COLTSFOOT_CADDY_ADMIN_URL", "http://127.0.0.1:2019")
+CADDY_TIMEOUT_SECONDS = float(env_str("COLTSFOOT_CADDY_TIMEOUT", "5"))
+
+REDIS_URL = env_str("COLTSFOOT_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# Runtime (podman + gVisor)
+PODMAN_BIN = env_str("COLTSFOOT_PODMAN", "podman")
+RUNSC_PATH = env_str("COLTSFOOT_RUNSC", "/usr/bin/runsc")
+RUNSC_FLAGS = env_list("COLTSFOOT_RUNSC_FLAGS", ["network=host"])
+PODMAN_TIMEOUT_SECONDS = env_int("COLTSFOOT_PODMAN_TIMEOUT", 120)
+BUILD_TIMEOUT_SECONDS = env_int("COLTSFOOT_BUILD_TIMEOUT", 900)
+BASE_IMAGE = env_str("COLTSFOOT_BASE_IMAGE", "localhost/coltsfoot-base:bookworm")
+BUILD_CA_BUNDLE = env_str("COLTSFOOT_BUILD_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+BUILD_PIP_INDEX_URL = env_str("COLTSFOOT_PIP_INDEX_URL", "")
+BUILD_ROOT = DATA_DIR / "builds"
+START_DEADLINE_SECONDS = env_int("COLTSFOOT_START_DEADLINE", 30)
+TENANT_UID_BASE = env_int("COLTSFOOT_TENANT_UID_BASE", 200000)
+
+# Source archive limits (tenant input is hostile).
+SOURCE_MAX_UPLOAD_BYTES = env_int("COLTSFOOT_SOURCE_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)
+SOURCE_MAX_UNPACKED_BYTES = env_int("COLTSFOOT_SOURCE_MAX_UNPACKED_BYTES", 200 * 1024 * 1024)
+SOURCE_MAX_FILES = env_int("COLTSFOOT_SOURCE_MAX_FILES", 5000)
+
+# Celery
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = env_int("COLTSFOOT_TASK_TIME_LIMIT", 1800)
+CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
+# Redis redelivers an unacknowledged task after the visibility timeout: keep it above the task
+# time limit, or a long build would run twice at once.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_BEAT_RECONCILE_SECONDS = env_int("COLTSFOOT_RECONCILE_SECONDS", 60)
+
+LOG_LEVEL = env_str("COLTSFOOT_LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"context": {"()": "config.logging.ContextFilter"}},
+    "formatters": {"structured": {"()": "config.logging.StructuredFormatter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "filters": ["context"], "formatter": "structured"},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.server": {"level": "WARNING"},
+        "django.request": {"level": "ERROR"},
+    },
+}
+
+# Managed PostgreSQL for tenants (issue: add-ons). The admin DSN is the platform's superuser
+# connection to the tenant cluster; apps only ever reach PgBouncer.
+TENANT_PG_ADMIN_DSN = env_str("COLTSFOOT_TENANT_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5433/postgres")
+PGBOUNCER_HOST = env_str("COLTSFOOT_PGBOUNCER_HOST", "")  # address tenant containers dial; "" = tenant gateway
+PGBOUNCER_PORT = env_int("COLTSFOOT_PGBOUNCER_PORT", 6433)
+PGBOUNCER_ADMIN_DSN = env_str("COLTSFOOT_PGBOUNCER_ADMIN_DSN", "postgresql://pgbouncer@127.0.0.1:6433/pgbouncer")
+PGBOUNCER_AUTH_FILE = env_str("COLTSFOOT_PGBOUNCER_AUTH_FILE", str(DATA_DIR / "pgbouncer" / "userlist.txt"))
+TENANT_PG_CONNECTION_LIMIT = env_int("COLTSFOOT_TENANT_PG_CONNECTION_LIMIT", 10)
+TENANT_PG_STATEMENT_TIMEOUT_MS = env_int("COLTSFOOT_TENANT_PG_STATEMENT_TIMEOUT_MS", 30000)
+TENANT_PG_IDLE_TX_TIMEOUT_MS = env_int("COLTSFOOT_TENANT_PG_IDLE_TX_TIMEOUT_MS", 60000)
+
+# Secrets at rest: comma-separated Fernet keys, newest first (MultiFernet). Unset in development
+# means a key derived from DJANGO_SECRET_KEY.
+FERNET_KEYS = env_list("COLTSFOOT_FERNET_KEYS", [])
+
+# CI sources (issue: webhooks).
+GIT_ALLOWED_HOSTS = env_list("COLTSFOOT_GIT_ALLOWED_HOSTS", ["github.com", "gitlab.com", "codeberg.org"])
+GIT_ALLOWED_SCHEMES = env_list("COLTSFOOT_GIT_ALLOWED_SCHEMES", ["https"])
+GIT_ALLOW_LOCAL = env_bool("COLTSFOOT_GIT_ALLOW_LOCAL", default=False)  # tests only: file:// repositories
+WEBHOOK_TOLERANCE_SECONDS = 300

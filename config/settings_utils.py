@@ -1,0 +1,64 @@
+"""Helpers that read configuration from the environment.
+
+Kept free of Django imports so that every entry point (manage.py, wsgi/asgi, celery) can use
+them before Django is configured.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "coltsfoot"
+
+
+def require_secret_key() -> str:
+    """Return DJANGO_SECRET_KEY or exit 1 with one clear line on stderr (no traceback)."""
+    value = os.environ.get("DJANGO_SECRET_KEY", "").strip()
+    if not value:
+        sys.stderr.write("coltsfoot: DJANGO_SECRET_KEY is not set; export it (see .env.example) and start again.\n")
+        sys.stderr.flush()
+        # os._exit would skip flushing other buffers; SystemExit would print nothing more either,
+        # but callers such as gunicorn catch SystemExit and print their own traceback.
+        raise SystemExit(1)
+    return value
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default).strip() or default
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        sys.stderr.write(f"coltsfoot: {name} must be an integer, got {raw!r}.\n")
+        raise SystemExit(1) from None
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def data_dir() -> Path:
+    """The platform's state directory: COLTSFOOT_DATA_DIR or the platformdirs user-data dir."""
+    override = os.environ.get("COLTSFOOT_DATA_DIR", "").strip()
+    path = Path(override) if override else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

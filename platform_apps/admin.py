@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from platform_apps.models import App
+from platform_apps.models import Deployment
+from platform_apps.models import Replica
+
+
+@admin.register(App)
+class AppAdmin(admin.ModelAdmin[App]):
+    list_display = ["name", "tenant", "hostname", "state", "replicas", "memory_mb", "live_deployment", "created_at"]
+    list_filter = ["state", "created_at"]
+    search_fields = ["name", "hostname", "public_id", "tenant__slug"]
+    list_select_related = ["tenant", "live_deployment", "live_deployment__app"]
+    readonly_fields = ["public_id", "hostname", "live_deployment", "created_at", "updated_at"]
+    raw_id_fields = ["tenant"]
+    exclude = ["webhook_secret_encrypted"]
+
+
+class ReplicaInline(admin.TabularInline[Replica, Deployment]):
+    model = Replica
+    extra = 0
+    can_delete = False
+    readonly_fields = ["index", "name", "address", "created_at"]
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin[Deployment]):
+    list_display = ["__str__", "app", "number", "state", "source_kind", "error_code", "created_at", "finished_at"]
+    list_filter = ["state", "source_kind", "created_at"]
+    search_fields = ["public_id", "app__name", "app__tenant__slug", "error_code"]
+    list_select_related = ["app", "app__tenant"]
+    readonly_fields = [
+        "public_id",
+        "app",
+        "number",
+        "source_kind",
+        "source_url",
+        "source_ref",
+        "source_commit",
+        "source_deployment",
+        "image_ref",
+        "image_id",
+        "web_command",
+        "release_command",
+        "error_code",
+        "error_message",
+        "log",
+        "attempts",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ]
+    inlines = [ReplicaInline]

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import uuid
+from typing import ClassVar
+
+import auto_prefetch
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from tenants.models import Tenant
+from tenants.validators import DNS_LABEL_MAX
+from tenants.validators import dns_label_validator
+
+
+class App(auto_prefetch.Model):
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        DELETING = "deleting", "Deleting"
+
+    tenant = auto_prefetch.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="apps")
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=DNS_LABEL_MAX, validators=[dns_label_validator])
+    # `<app>-<tenant>` is ambiguous across tenants ("a-b"+"c" vs "a"+"b-c"), so the full
+    # hostname is unique on its own.
+    hostname = models.CharField(max_length=253, unique=True, editable=False)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
+    replicas = models.PositiveSmallIntegerField(default=1)
+    memory_mb = models.PositiveIntegerField(default=256)
+    cpus = models.DecimalField(max_digits=4, decimal_places=2, default=1)
+    deploy_branch = models.CharField(max_length=255, default="main")
+    webhook_secret_encrypted = models.TextField(blank=True, default="", editable=False)
+    live_deployment = auto_prefetch.ForeignKey(
+        "platform_apps.Deployment",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects: ClassVar[auto_prefetch.Manager[App]] = auto_prefetch.Manager()
+
+    class Meta(auto_prefetch.Model.Meta):
+        ordering = ["tenant", "name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="app_name_unique_per_tenant")]
+        indexes = [models.Index(fields=["tenant", "created_at"]), models.Index(fields=["state"])]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+    @staticmethod
+    def hostname_for(app_name: str, tenant_slug: str) -> str:
+        return f"{app_name}-{tenant_slug}.{settings.APPS_DOMAIN}"
+
+    @property
+    def url(self) -> str:
+        return str(settings.EDGE_PUBLIC_URL_TEMPLATE).format(host=self.hostname)
+
+
+class Deployment(auto_prefetch.Model):
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        BUILDING = "building", "Building"
+        STARTING = "starting", "Starting"
+        LIVE = "live", "Live"
+        FAILED = "failed", "Failed"
+        SUPERSEDED = "superseded", "Superseded"
+
+    class SourceKind(models.TextChoices):
+        ARCHIVE = "archive", "Source archive"
+        GIT = "git", "Git repository"
+        IMAGE = "image", "Container image"
+        ROLLBACK = "rollback", "Rollback"
+        RELEASE = "release", "Config release"
+
+    ACTIVE_STATES: ClassVar[tuple[str, ...]] = (State.QUEUED, State.BUILDING, State.STARTING)
+    FINAL_STATES: ClassVar[tuple[str, ...]] = (State.LIVE, State.FAILED, State.SUPERSEDED)
+
+    app = auto_prefetch.ForeignKey(App, on_delete=models.CASCADE, related_name="deployments")
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    number = models.PositiveIntegerField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    source_kind = models.CharField(max_length=16, choices=SourceKind.choices)
+    # Git URL + ref or image reference as the tenant gave it; archives live in the build dir.
+    source_url = models.CharField(max_length=2048, blank=True, default="")
+    source_ref = models.CharField(max_length=255, blank=True, default="")
+    source_commit = models.CharField(max_length=64, blank=True, default="")
+    source_deployment = auto_prefetch.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="For rollbacks and config releases: the deployment whose image is reused.",
+    )
+    image_ref = models.CharField(max_length=512, blank=True, default="")
+    image_id = models.CharField(max_length=128, blank=True, default="")
+    web_command = models.TextField(blank=True, default="")
+    release_command = models.TextField(blank=True, default="")
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    log = models.TextField(blank=True, default="")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[auto_prefetch.Manager[Deployment]] = auto_prefetch.Manager()
+
+    class Meta(auto_prefetch.Model.Meta):
+        ordering = ["app", "-number"]
+        constraints = [models.UniqueConstraint(fields=["app", "number"], name="deployment_number_unique_per_app")]
+        indexes = [models.Index(fields=["app", "state"]), models.Index(fields=["state", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.app.name} #{self.number} ({self.state})"
+
+
+class Replica(auto_prefetch.Model):
+    """A container the platform started for a deployment: what it believes runs."""
+
+    deployment = auto_prefetch.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replicas")
+    index = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=128, unique=True)
+    address = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects: ClassVar[auto_prefetch.Manager[Replica]] = auto_prefetch.Manager()
+
+    class Meta(auto_prefetch.Model.Meta):
+        ordering = ["deployment", "index"]
+        constraints = [models.UniqueConstraint(fields=["deployment", "index"], name="replica_index_unique")]
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,0 +1,102 @@
+"""Writes to apps. Views call these; side effects are queued with transaction.on_commit."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError
+from django.db import transaction
+
+from config.errors import Conflict
+from config.errors import Unprocessable
+from platform_apps.models import App
+from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+
+def _check_sizing(tenant: Tenant, *, replicas: int | None, memory_mb: int | None) -> None:
+    if replicas is not None and replicas > tenant.max_replicas:
+        raise Unprocessable(
+            "quota.replicas_exceeded",
+            f"This tenant may run at most {tenant.max_replicas} replicas per app.",
+            details={"max_replicas": tenant.max_replicas},
+        )
+    if memory_mb is not None and memory_mb > tenant.max_memory_mb:
+        raise Unprocessable(
+            "quota.memory_exceeded",
+            f"This tenant may give each replica at most {tenant.max_memory_mb} MiB.",
+            details={"max_memory_mb": tenant.max_memory_mb},
+        )
+
+
+@transaction.atomic
+def app_create(*, tenant: Tenant, name: str, replicas: int, memory_mb: int, cpus: float, deploy_branch: str) -> App:
+    _check_sizing(tenant, replicas=replicas, memory_mb=memory_mb)
+    # The transaction is IMMEDIATE on SQLite, so count-then-insert cannot race another create.
+    if App.objects.filter(tenant=tenant).count() >= tenant.max_apps:
+        raise Conflict(
+            "quota.apps_exceeded",
+            f"This tenant already has its maximum of {tenant.max_apps} apps.",
+            details={"max_apps": tenant.max_apps},
+        )
+    if App.objects.filter(tenant=tenant, name=name).exists():
+        raise Conflict("app.name_taken", f"An app named {name!r} already exists.")
+    hostname = App.hostname_for(name, tenant.slug)
+    if App.objects.filter(hostname=hostname).exists():
+        raise Conflict("app.hostname_taken", f"The hostname {hostname} is already taken; choose another name.")
+    try:
+        with transaction.atomic():
+            app = App.objects.create(
+                tenant=tenant,
+                name=name,
+                hostname=hostname,
+                replicas=replicas,
+                memory_mb=memory_mb,
+                cpus=Decimal(str(cpus)).quantize(Decimal("0.01")),
+                deploy_branch=deploy_branch,
+            )
+    except IntegrityError as exc:  # a concurrent create on a platform DB without IMMEDIATE
+        raise Conflict("app.name_taken", f"An app named {name!r} already exists.") from exc
+    logger.info("app created", extra={"tenant_id": str(tenant.public_id), "app_id": str(app.public_id)})
+    return app
+
+
+@transaction.atomic
+def app_update(*, app: App, changes: dict[str, Any]) -> App:
+    if app.state == App.State.DELETING:
+        raise Conflict("app.deleting", "This app is being deleted.")
+    _check_sizing(app.tenant, replicas=changes.get("replicas"), memory_mb=changes.get("memory_mb"))
+    fields = []
+    for field in ("replicas", "memory_mb", "deploy_branch"):
+        if changes.get(field) is not None:
+            setattr(app, field, changes[field])
+            fields.append(field)
+    if changes.get("cpus") is not None:
+        app.cpus = Decimal(str(changes["cpus"])).quantize(Decimal("0.01"))
+        fields.append("cpus")
+    if fields:
+        app.save(update_fields=[*fields, "updated_at"])
+        logger.info(
+            "app updated",
+            extra={"tenant_id": str(app.tenant.public_id), "app_id": str(app.public_id), "fields": fields},
+        )
+    return app
+
+
+@transaction.atomic
+def app_delete(*, app: App) -> App:
+    """Mark the app for deletion and queue the teardown of its containers, route and add-ons."""
+    from provisioning import tasks
+
+    updated = App.objects.filter(pk=app.pk, state=App.State.ACTIVE).update(state=App.State.DELETING)
+    app.state = App.State.DELETING
+    app_id = str(app.public_id)
+    if updated:
+        logger.info("app deletion requested", extra={"tenant_id": str(app.tenant.public_id), "app_id": app_id})
+    # Re-enqueue even when already deleting: the teardown is idempotent, and a lost task must
+    # not leave the app stuck in "deleting" forever.
+    transaction.on_commit(lambda: tasks.app_teardown.delay(app_id))
+    return app

@@ -1,0 +1,68 @@
+"""Bearer-token authentication and the access rules every endpoint applies."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+from django.http import HttpRequest
+from django.utils import timezone
+from ninja.security import HttpBearer
+
+from config.errors import Forbidden
+from config.errors import NotFound
+from config.logging import tenant_id_var
+from tenants.models import ApiToken
+
+logger = logging.getLogger(__name__)
+
+MAX_TOKEN_LENGTH = 128
+# Writing last_used_at on every request would serialise all reads on SQLite's write lock.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class TokenAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+        token = token.strip()
+        if not token or len(token) > MAX_TOKEN_LENGTH or "." not in token:
+            return None
+        prefix = token.split(".", 1)[0]
+        api_token: ApiToken | None = ApiToken.objects.select_related("tenant", "app").filter(prefix=prefix).first()
+        if api_token is None or not api_token.matches(token) or api_token.is_revoked:
+            return None
+        tenant_id_var.set(str(api_token.tenant.public_id))
+        if not api_token.tenant.is_active:
+            raise Forbidden("tenant.suspended", "This tenant is suspended; contact the platform administrators.")
+        now = timezone.now()
+        if api_token.last_used_at is None or now - api_token.last_used_at > LAST_USED_RESOLUTION:
+            ApiToken.objects.filter(pk=api_token.pk).update(last_used_at=now)
+        return api_token
+
+
+def request_token(request: HttpRequest) -> ApiToken:
+    token = getattr(request, "auth", None)
+    if not isinstance(token, ApiToken):  # pragma: no cover - every route is authenticated
+        raise Forbidden("auth.forbidden", "Authentication required.")
+    return token
+
+
+def require_scope(token: ApiToken, *scopes: str) -> None:
+    """The token needs at least one of `scopes`."""
+    if not any(token.has_scope(scope) for scope in scopes):
+        raise Forbidden(
+            "auth.insufficient_scope",
+            f"This token lacks the scope this needs ({' or '.join(scopes)}).",
+            details={"required": list(scopes)},
+        )
+
+
+def require_app_visible(token: ApiToken, app_public_id: uuid.UUID) -> None:
+    """A token restricted to one app sees no other: the same 404 as for another tenant's app."""
+    if token.app_id is not None and token.app.public_id != app_public_id:
+        raise NotFound("app")
+
+
+def require_unrestricted(token: ApiToken) -> None:
+    if token.app_id is not None:
+        raise Forbidden("auth.insufficient_scope", "This token is restricted to one app and may not do that.")

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import json
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand
+from django.core.management.base import CommandError
+from django.db import transaction
+
+from tenants.models import Tenant
+from tenants.services import tenant_create
+from tenants.services import token_create_initial
+
+
+class Command(BaseCommand):
+    help = 'Create a tenant and print {"tenant_id": ..., "token": ...}; the token has every scope and is shown once.'
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("slug", help="DNS label: lower-case letters, digits and hyphens, 1-30 characters.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        slug: str = options["slug"]
+        if Tenant.objects.filter(slug=slug).exists():
+            raise CommandError(f"A tenant with slug {slug!r} already exists.")
+        try:
+            with transaction.atomic():
+                tenant = tenant_create(slug=slug)
+                _token, plaintext = token_create_initial(tenant=tenant, name="initial")
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from exc
+        self.stdout.write(json.dumps({"tenant_id": str(tenant.public_id), "token": plaintext}))

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from conftest import Actor
+from platform_apps.models import App
+
+
+def test_create_get_patch_list(owner: Actor):
+    response = owner.call("POST", "/apps", {"name": "hello"})
+    assert response.status_code == 201
+    app = response.json()
+    assert app["hostname"] == "hello-acme.localhost"
+    assert app["url"] == "http://hello-acme.localhost:8080/"
+    assert app["state"] == "active"
+    assert "pk" not in app
+    assert not str(app["id"]).isdigit()
+
+    got = owner.call("GET", f"/apps/{app['id']}").json()
+    assert got["id"] == app["id"]
+
+    patched = owner.call("PATCH", f"/apps/{app['id']}", {"replicas": 2, "cpus": 0.5})
+    assert patched.status_code == 200
+    assert patched.json()["replicas"] == 2
+    assert patched.json()["cpus"] == 0.5
+    assert patched.json()["memory_mb"] == 256  # untouched
+
+    listing = owner.call("GET", "/apps").json()
+    assert listing["count"] == 1
+    assert [a["id"] for a in listing["items"]] == [app["id"]]
+
+
+def test_pagination(owner: Actor):
+    owner.tenant.max_apps = 10
+    owner.tenant.save()
+    for i in range(5):
+        assert owner.call("POST", "/apps", {"name": f"app{i}"}).status_code == 201
+    page = owner.call("GET", "/apps?limit=2&offset=1").json()
+    assert page["count"] == 5
+    assert [a["name"] for a in page["items"]] == ["app1", "app2"]
+    assert owner.call("GET", "/apps?limit=0").status_code == 422
+    assert owner.call("GET", "/apps?limit=101").status_code == 422
+    assert owner.call("GET", "/apps?offset=-1").status_code == 422
+
+
+def test_duplicate_name_is_409(owner: Actor):
+    assert owner.call("POST", "/apps", {"name": "hello"}).status_code == 201
+    response = owner.call("POST", "/apps", {"name": "hello"})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "app.name_taken"
+
+
+def test_ambiguous_hostname_across_tenants_is_409(make_actor: Any):
+    # "a-b" + tenant "c" and "a" + tenant "b-c" would both be a-b-c.<domain>.
+    first = make_actor("c")
+    second = make_actor("b-c")
+    assert first.call("POST", "/apps", {"name": "a-b"}).status_code == 201
+    response = second.call("POST", "/apps", {"name": "a"})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "app.hostname_taken"
+
+
+def test_quota_apps_exceeded(owner: Actor):
+    owner.tenant.max_apps = 2
+    owner.tenant.save()
+    assert owner.call("POST", "/apps", {"name": "one"}).status_code == 201
+    assert owner.call("POST", "/apps", {"name": "two"}).status_code == 201
+    response = owner.call("POST", "/apps", {"name": "three"})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "quota.apps_exceeded"
+    assert App.objects.filter(tenant=owner.tenant).count() == 2
+
+
+def test_replica_and_memory_quotas(owner: Actor):
+    response = owner.call("POST", "/apps", {"name": "big", "replicas": owner.tenant.max_replicas + 1})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "quota.replicas_exceeded"
+    response = owner.call("POST", "/apps", {"name": "big", "memory_mb": owner.tenant.max_memory_mb + 1})
+    assert response.json()["error"]["code"] == "quota.memory_exceeded"
+    assert not App.objects.exists()
+
+
+def test_delete_marks_deleting_and_queues_teardown(owner: Actor, django_capture_on_commit_callbacks: Any):
+    app_id = owner.call("POST", "/apps", {"name": "bye"}).json()["id"]
+    with (
+        mock.patch("provisioning.tasks.app_teardown.delay", autospec=True) as delay,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        response = owner.call("DELETE", f"/apps/{app_id}")
+    assert response.status_code == 202
+    assert response.json()["state"] == "deleting"
+    delay.assert_called_once_with(app_id)
+    patch = owner.call("PATCH", f"/apps/{app_id}", {"replicas": 2})
+    assert patch.status_code == 409
+    assert patch.json()["error"]["code"] == "app.deleting"
+
+
+@pytest.mark.parametrize("n_apps", [1, 8])
+def test_list_runs_constant_queries(owner: Actor, n_apps: int):
+    owner.tenant.max_apps = 10
+    owner.tenant.save()
+    for i in range(n_apps):
+        owner.call("POST", "/apps", {"name": f"a{i}"})
+    with CaptureQueriesContext(connection) as ctx:
+        response = owner.call("GET", "/apps?limit=100")
+    assert response.json()["count"] == n_apps
+    # auth (token + tenant + app), last_used touch is throttled, list, count.
+    assert len(ctx.captured_queries) <= 4, [q["sql"] for q in ctx.captured_queries]
+
+
+def test_list_query_count_does_not_grow(owner: Actor):
+    owner.tenant.max_apps = 20
+    owner.tenant.save()
+    owner.call("POST", "/apps", {"name": "first"})
+    owner.call("GET", "/apps")
+    with CaptureQueriesContext(connection) as one:
+        owner.call("GET", "/apps")
+    for i in range(12):
+        owner.call("POST", "/apps", {"name": f"more{i}"})
+    with CaptureQueriesContext(connection) as many:
+        assert owner.call("GET", "/apps").json()["count"] == 13
+    assert len(many.captured_queries) == len(one.captured_queries)
+
+
+def test_health_and_openapi(client: Any):
+    assert client.get("/api/v1/health").json() == {"status": "ok"}
+    spec = client.get("/api/v1/openapi.json").json()
+    assert "/api/v1/apps" in spec["paths"]
+    assert client.get("/api/v1/docs").status_code == 200
