@@ -1,0 +1,145 @@
+"""Pure builders for the Caddy JSON config that Coltsfoot owns.
+
+Nothing here talks to Caddy: these functions only build (and validate) the JSON objects that
+`caddy.client.CaddyClient` sends, so unit tests can check the shape directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Any
+from uuid import UUID
+
+type JsonObject = dict[str, Any]
+
+EDGE_SERVER_NAME = "coltsfoot_edge"
+CATCHALL_ROUTE_ID = "coltsfoot-catchall"
+
+# A visitor request that is in flight while a route switches, or that hits a replica being
+# retired, is retried on another upstream for up to this long instead of failing.
+LB_TRY_DURATION = "5s"
+LB_TRY_INTERVAL = "250ms"
+# A stopped container's address may blackhole the dial: fail it fast so the retry above still
+# has time to pick another replica.
+DIAL_TIMEOUT = "2s"
+# One failed dial takes a replica out of rotation for this long (passive health check). It is
+# shorter than LB_TRY_DURATION so a single-replica app blipping is retried, not answered 502.
+PASSIVE_FAIL_DURATION = "3s"
+
+_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_MAX_HOSTNAME_LENGTH = 253
+
+
+def route_id(app_id: UUID) -> str:
+    """The deterministic Caddy `@id` of an app's route."""
+    return f"app-{app_id}"
+
+
+def validate_hostname(hostname: str) -> str:
+    """Return `hostname` lower-cased if it is a plain DNS name, else raise ValueError.
+
+    No wildcards, ports, trailing dots or IP addresses: a route matches exact names only.
+    """
+    name = hostname.lower()
+    if not name or len(name) > _MAX_HOSTNAME_LENGTH:
+        raise ValueError(f"invalid hostname {hostname!r}: length must be 1-{_MAX_HOSTNAME_LENGTH}")
+    labels = name.split(".")
+    if not all(_LABEL_RE.match(label) for label in labels):
+        raise ValueError(f"invalid hostname {hostname!r}: not a DNS name")
+    if labels[-1].isdigit():
+        # "10.0.0.1" is made of valid labels but is an address, not a name.
+        raise ValueError(f"invalid hostname {hostname!r}: top-level label is numeric")
+    return name
+
+
+def validate_upstream(upstream: str) -> str:
+    """Return `upstream` as Caddy's `dial` string if it is `ip:port` (IPv6 as `[ip]:port`).
+
+    Host names are refused: the platform dials container addresses it assigned itself.
+    """
+    host, sep, port = upstream.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"invalid upstream {upstream!r}: expected ip:port")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        raise ValueError(f"invalid upstream {upstream!r}: expected ip:port") from None
+    if (address.version == 6) != bracketed:
+        raise ValueError(f"invalid upstream {upstream!r}: IPv6 addresses must be written [ip]:port")
+    return f"[{address}]:{int(port)}" if bracketed else f"{address}:{int(port)}"
+
+
+def app_route(app_id: UUID, hostnames: list[str], upstreams: list[str]) -> JsonObject:
+    """The edge route sending `hostnames` to the app's replicas at `upstreams`.
+
+    Raises ValueError if a hostname or upstream is malformed or either list is empty.
+    """
+    if isinstance(hostnames, str) or isinstance(upstreams, str):
+        raise ValueError("hostnames and upstreams must be lists, not strings")
+    hosts = list(dict.fromkeys(validate_hostname(name) for name in hostnames))
+    dials = list(dict.fromkeys(validate_upstream(upstream) for upstream in upstreams))
+    if not hosts:
+        raise ValueError("a route needs at least one hostname")
+    if not dials:
+        raise ValueError("a route needs at least one upstream")
+    return {
+        "@id": route_id(app_id),
+        "match": [{"host": hosts}],
+        "handle": [
+            {
+                "handler": "reverse_proxy",
+                "upstreams": [{"dial": dial} for dial in dials],
+                "load_balancing": {
+                    "selection_policy": {"policy": "least_conn"},
+                    "try_duration": LB_TRY_DURATION,
+                    "try_interval": LB_TRY_INTERVAL,
+                },
+                "health_checks": {
+                    "passive": {"fail_duration": PASSIVE_FAIL_DURATION, "max_fails": 1},
+                },
+                "transport": {"protocol": "http", "dial_timeout": DIAL_TIMEOUT},
+            }
+        ],
+        "terminal": True,
+    }
+
+
+def catchall_route() -> JsonObject:
+    """The last edge route: any host without an app gets a 404 in the platform's error format."""
+    body = {
+        "error": {
+            "code": "app.not_found",
+            "message": "No app is served at this hostname.",
+            "details": None,
+        }
+    }
+    return {
+        "@id": CATCHALL_ROUTE_ID,
+        "handle": [
+            {
+                "handler": "static_response",
+                "status_code": 404,
+                "headers": {"Content-Type": ["application/json"]},
+                "body": json.dumps(body),
+            }
+        ],
+        "terminal": True,
+    }
+
+
+def edge_server(listen: str) -> JsonObject:
+    """The `coltsfoot_edge` HTTP server: plain HTTP on `listen`, only the catch-all route.
+
+    App routes are inserted before the catch-all by the client, never by rebuilding this.
+    """
+    if ":" not in listen:
+        raise ValueError(f"invalid edge listen address {listen!r}: expected host:port or :port")
+    return {
+        "listen": [listen],
+        # The dev edge is plain HTTP on a port; TLS, when wanted, is a separate server.
+        "automatic_https": {"disable": True},
+        "routes": [catchall_route()],
+    }
