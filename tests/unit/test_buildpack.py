@@ -1,0 +1,418 @@
+"""App detection, dependency files and keys, the install script and the Containerfile."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+
+from provisioning.buildpack import DEPS_IMAGE_REPOSITORY
+from provisioning.buildpack import MAX_PROCFILE_BYTES
+from provisioning.buildpack import AppSpec
+from provisioning.buildpack import containerfile
+from provisioning.buildpack import dependency_files
+from provisioning.buildpack import dependency_image
+from provisioning.buildpack import dependency_install_script
+from provisioning.buildpack import dependency_key
+from provisioning.buildpack import detect
+from provisioning.buildpack import parse_procfile
+from provisioning.buildpack import project_dependencies
+from provisioning.errors import UserError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello"
+WEB = "gunicorn --bind 0.0.0.0:$PORT app:app"
+BASE = "sha256:" + "b" * 64
+
+
+def write(root: Path, files: dict[str, str | bytes]) -> Path:
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            path.write_text(content)
+        else:
+            path.write_bytes(content)
+    return root
+
+
+# -- Procfile ----------------------------------------------------------------------------------
+
+
+def test_parse_procfile_basic():
+    text = (
+        "\ufeff# processes\n"
+        "\n"
+        f"web: {WEB}\r\n"
+        "release:python manage.py migrate --noinput\n"
+        "   worker_2:   celery -A proj worker   \n"
+        "  # indented comment\n"
+        "clock-1: python clock.py # a comment stays part of the command\n"
+    )
+    assert parse_procfile(text) == {
+        "web": WEB,
+        "release": "python manage.py migrate --noinput",
+        "worker_2": "celery -A proj worker",
+        "clock-1": "python clock.py # a comment stays part of the command",
+    }
+
+
+def test_parse_procfile_keeps_colons_and_tabs_in_commands():
+    assert parse_procfile("web: sh -c 'echo a:b'\tc\n") == {"web": "sh -c 'echo a:b'\tc"}
+
+
+def test_parse_procfile_empty_is_empty():
+    assert parse_procfile("") == {}
+    assert parse_procfile("# nothing\n\n") == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("web gunicorn app:app\n", "line 1"),
+        ("web : gunicorn\n", "line 1"),
+        ("we b: gunicorn\n", "line 1"),
+        ("wéb: gunicorn\n", "line 1"),
+        ("# ok\n: gunicorn\n", "line 2"),
+        ("web:\n", "no command"),
+        ("web:    \n", "no command"),
+        ("web: a\nweb: b\n", "defined twice"),
+        ("web: echo \x00 hi\n", "control character"),
+        ("web: echo \x1b[31m\n", "control character"),
+        ("web: echo one\x0bmore\n", "control character"),
+        (f"web: {'x' * 9000}\n", "longer than"),
+        (f"{'a' * 64}: x\n", "line 1"),
+    ],
+)
+def test_parse_procfile_rejects_malformed(text, fragment):
+    with pytest.raises(UserError) as caught:
+        parse_procfile(text)
+    assert caught.value.code == "build.bad_procfile"
+    assert fragment in caught.value.message
+
+
+def test_parse_procfile_is_bounded():
+    with pytest.raises(UserError) as caught:
+        parse_procfile("# padding\n" * (MAX_PROCFILE_BYTES // 10 + 1))
+    assert caught.value.code == "build.bad_procfile"
+
+
+# -- detect ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("files", "kind"),
+    [
+        ({}, "none"),
+        ({"requirements.txt": "flask\n"}, "requirements"),
+        ({"pyproject.toml": "[project]\nname='x'\n"}, "pyproject"),
+        ({"pyproject.toml": "", "uv.lock": ""}, "uv"),
+        ({"pyproject.toml": "", "uv.lock": "", "requirements.txt": ""}, "uv"),
+        ({"pyproject.toml": "", "requirements.txt": ""}, "requirements"),
+        ({"requirements.txt": "", "uv.lock": ""}, "requirements"),
+        ({"sub/requirements.txt": "flask\n"}, "none"),  # only the root counts
+    ],
+)
+def test_detect_dependency_kind(tmp_path, files, kind):
+    write(tmp_path, {"Procfile": f"web: {WEB}\n", **files})
+    assert detect(tmp_path) == AppSpec(web_command=WEB, release_command=None, deps_kind=kind)
+
+
+def test_detect_release_command(tmp_path):
+    write(tmp_path, {"Procfile": f"release: python manage.py migrate\nweb: {WEB}\nworker: celery\n"})
+    spec = detect(tmp_path)
+    assert (spec.web_command, spec.release_command) == (WEB, "python manage.py migrate")
+
+
+def test_detect_example_app():
+    spec = detect(EXAMPLE)
+    assert spec.web_command == "gunicorn --bind 0.0.0.0:$PORT --workers 2 app:app"
+    assert spec.release_command is not None
+    assert spec.deps_kind == "requirements"
+    requirements = dependency_files(EXAMPLE, spec)["requirements.txt"].decode().split()
+    assert sorted(line.split("==")[0] for line in requirements) == ["flask", "gunicorn"]
+
+
+def test_missing_procfile_is_no_web_process(tmp_path):
+    write(tmp_path, {"app.py": "", "procfile": f"web: {WEB}\n", "sub/Procfile": f"web: {WEB}\n"})
+    with pytest.raises(UserError) as caught:
+        detect(tmp_path)
+    assert caught.value.code == "build.no_web_process"
+    assert "Procfile" in caught.value.message
+    assert str(tmp_path) not in caught.value.message
+
+
+@pytest.mark.parametrize("procfile", ["", "# web: x\n", "worker: celery\nrelease: migrate\n", "Web: gunicorn\n"])
+def test_procfile_without_web_is_no_web_process(tmp_path, procfile):
+    write(tmp_path, {"Procfile": procfile})
+    with pytest.raises(UserError) as caught:
+        detect(tmp_path)
+    assert caught.value.code == "build.no_web_process"
+    assert "`web:`" in caught.value.message
+
+
+def test_procfile_not_utf8(tmp_path):
+    write(tmp_path, {"Procfile": b"web: echo caf\xe9\n"})
+    with pytest.raises(UserError) as caught:
+        detect(tmp_path)
+    assert caught.value.code == "build.bad_procfile"
+
+
+def test_procfile_too_big_is_refused_without_reading_it_all(tmp_path):
+    write(tmp_path, {"Procfile": f"web: {WEB}\n" + "#" * (10 * MAX_PROCFILE_BYTES)})
+    with pytest.raises(UserError) as caught:
+        detect(tmp_path)
+    assert caught.value.code == "build.bad_procfile"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory", "fifo"])
+def test_procfile_must_be_a_regular_file(tmp_path, kind):
+    target = write(tmp_path / "elsewhere", {"Procfile": f"web: {WEB}\n"}) / "Procfile"
+    src = tmp_path / "src"
+    src.mkdir()
+    if kind == "symlink":
+        (src / "Procfile").symlink_to(target)
+    elif kind == "directory":
+        (src / "Procfile").mkdir()
+    else:
+        os.mkfifo(src / "Procfile")
+    with pytest.raises(UserError) as caught:
+        detect(src)
+    assert caught.value.code == "build.bad_procfile"
+
+
+def test_stray_lock_without_pyproject(tmp_path):
+    write(tmp_path, {"Procfile": f"web: {WEB}\n", "uv.lock": ""})
+    with pytest.raises(UserError) as caught:
+        detect(tmp_path)
+    assert caught.value.code == "build.bad_lockfile"
+
+
+def test_requirements_directory_is_refused(tmp_path):
+    write(tmp_path, {"Procfile": f"web: {WEB}\n"})
+    (tmp_path / "requirements.txt").mkdir()
+    with pytest.raises(UserError) as caught:
+        detect(tmp_path)
+    assert caught.value.code == "build.bad_requirements"
+
+
+# -- dependency files --------------------------------------------------------------------------
+
+
+def spec(kind) -> AppSpec:
+    return AppSpec(web_command=WEB, release_command=None, deps_kind=kind)
+
+
+def test_dependency_files_per_kind(tmp_path):
+    write(
+        tmp_path,
+        {
+            "requirements.txt": "flask==3.1.3\n",
+            "pyproject.toml": (
+                '[project]\nname = "x"\ndependencies = ["flask>=3", "  gunicorn ; sys_platform == \'linux\'"]\n'
+            ),
+            "uv.lock": "version = 1\n",
+            "app.py": "print()\n",
+        },
+    )
+    assert dependency_files(tmp_path, spec("requirements")) == {"requirements.txt": b"flask==3.1.3\n"}
+    assert dependency_files(tmp_path, spec("pyproject")) == {
+        "requirements.txt": b"flask>=3\ngunicorn ; sys_platform == 'linux'\n"
+    }
+    assert dependency_files(tmp_path, spec("uv")) == {
+        "pyproject.toml": (tmp_path / "pyproject.toml").read_bytes(),
+        "uv.lock": b"version = 1\n",
+    }
+    assert dependency_files(tmp_path, spec("none")) == {}
+
+
+def test_pyproject_without_dependencies_installs_nothing(tmp_path):
+    write(tmp_path, {"pyproject.toml": "[tool.ruff]\nline-length = 100\n"})
+    assert dependency_files(tmp_path, spec("pyproject")) == {"requirements.txt": b""}
+
+
+@pytest.mark.parametrize(
+    ("pyproject", "fragment"),
+    [
+        ("[project\nname = 1", "not valid TOML"),
+        ("project = 3\n", "must be a table"),
+        ('[project]\ndynamic = ["dependencies"]\n', "dynamic"),
+        ('[project]\ndependencies = "flask"\n', "list of strings"),
+        ("[project]\ndependencies = [1]\n", "list of strings"),
+        ('[project]\ndependencies = ["--index-url=https://evil.example/simple"]\n', "not a requirement"),
+        ('[project]\ndependencies = ["flask\\n--extra-index-url https://evil.example"]\n', "not a requirement"),
+        ('[project]\ndependencies = ["-r /etc/passwd"]\n', "not a requirement"),
+        ('[project]\ndependencies = ["./local-path"]\n', "not a requirement"),
+        ('[project]\ndependencies = ["flask \\\\"]\n', "not a requirement"),
+        ('[project]\ndependencies = ["flask --config-settings=x=y"]\n', "not a requirement"),
+        ('[project]\ndependencies = [""]\n', "not a requirement"),
+        ("x = " + "[" * 5000 + "]" * 5000 + "\n", "pyproject.toml"),
+    ],
+)
+def test_bad_pyproject(tmp_path, pyproject, fragment):
+    write(tmp_path, {"pyproject.toml": pyproject})
+    with pytest.raises(UserError) as caught:
+        dependency_files(tmp_path, spec("pyproject"))
+    assert caught.value.code == "build.bad_pyproject"
+    assert fragment in caught.value.message
+    assert str(tmp_path) not in caught.value.message
+
+
+def test_project_dependencies_accepts_pep508_forms():
+    text = (
+        "[project]\ndependencies = [\n"
+        '  "Django>=5.2,<7",\n'
+        '  "psycopg[binary]>=3.2",\n'
+        '  "requests @ https://files.example/requests-2.32.0-py3-none-any.whl",\n'
+        "  \"tomli; python_version < '3.11'\",\n"
+        "]\n"
+    )
+    assert len(project_dependencies(text)) == 4
+
+
+def test_oversized_and_non_utf8_dependency_files(tmp_path):
+    write(tmp_path, {"requirements.txt": b"flask\xff\n"})
+    with pytest.raises(UserError) as caught:
+        dependency_files(tmp_path, spec("requirements"))
+    assert caught.value.code == "build.bad_requirements"
+    write(tmp_path, {"requirements.txt": "flask\n" * 200_000})
+    with pytest.raises(UserError) as caught:
+        dependency_files(tmp_path, spec("requirements"))
+    assert caught.value.code == "build.bad_requirements"
+    assert "larger than" in caught.value.message
+
+
+def test_missing_file_for_the_detected_kind(tmp_path):
+    with pytest.raises(UserError) as caught:
+        dependency_files(tmp_path, spec("uv"))
+    assert caught.value.code == "build.bad_pyproject"
+
+
+# -- dependency key ----------------------------------------------------------------------------
+
+
+def test_dependency_key_is_stable_hex():
+    files = {"requirements.txt": b"flask==3.1.3\n"}
+    key = dependency_key(files, BASE)
+    assert key == dependency_key(dict(files), BASE)
+    assert len(key) == 64
+    assert int(key, 16) >= 0
+    assert dependency_key({"uv.lock": b"2", "pyproject.toml": b"1"}, BASE) == dependency_key(
+        {"pyproject.toml": b"1", "uv.lock": b"2"}, BASE
+    )
+
+
+def test_dependency_key_changes_with_any_input():
+    files = {"requirements.txt": b"flask==3.1.3\n"}
+    key = dependency_key(files, BASE)
+    variants = [
+        dependency_key({"requirements.txt": b"flask==3.1.2\n"}, BASE),
+        dependency_key({"requirements.txt": b"flask==3.1.3\ngunicorn\n"}, BASE),
+        dependency_key({"other.txt": b"flask==3.1.3\n"}, BASE),
+        dependency_key(files, "sha256:" + "c" * 64),
+        dependency_key({}, BASE),
+        # Names and contents cannot be shifted into each other.
+        dependency_key({"requirements.tx": b"tflask==3.1.3\n"}, BASE),
+        dependency_key({"a": b"", "b": b""}, BASE),
+        dependency_key({"a": b"b"}, BASE),
+    ]
+    assert key not in variants
+    assert len(set(variants)) == len(variants)
+
+
+def test_code_changes_do_not_change_the_key(tmp_path):
+    write(tmp_path, {"Procfile": f"web: {WEB}\n", "requirements.txt": "flask\n", "app.py": "v = 1\n"})
+    before = dependency_key(dependency_files(tmp_path, detect(tmp_path)), BASE)
+    write(tmp_path, {"app.py": "v = 2\n", "Procfile": "web: gunicorn other:app\n"})
+    assert dependency_key(dependency_files(tmp_path, detect(tmp_path)), BASE) == before
+
+
+def test_dependency_image_tag():
+    key = dependency_key({}, BASE)
+    assert dependency_image(key) == f"{DEPS_IMAGE_REPOSITORY}:{key[:32]}"
+    assert dependency_image(key).startswith("localhost/coltsfoot-deps:")
+    with pytest.raises(ValueError, match="key"):
+        dependency_image("nothex")
+
+
+# -- install script ----------------------------------------------------------------------------
+
+
+def script_commands(kind) -> list[list[str]]:
+    return [shlex.split(line) for line in dependency_install_script(spec(kind)).splitlines()]
+
+
+@pytest.mark.parametrize("kind", ["requirements", "pyproject", "uv", "none"])
+def test_install_script_creates_the_venv_first(kind):
+    commands = script_commands(kind)
+    assert commands[0] == ["set", "-eu"]
+    assert ["python3", "-m", "venv", "/app/.venv"] in commands
+    installs = [command for command in commands if "install" in command and "pip" in command]
+    for command in installs:
+        assert "--no-cache-dir" in command
+
+
+@pytest.mark.parametrize("kind", ["requirements", "pyproject"])
+def test_install_script_for_requirements(kind):
+    commands = script_commands(kind)
+    assert commands[-1] == [
+        "/app/.venv/bin/python",
+        "-m",
+        "pip",
+        "install",
+        "--no-cache-dir",
+        "--no-input",
+        "--disable-pip-version-check",
+        "-r",
+        "/deps/requirements.txt",
+    ]
+
+
+def test_install_script_for_uv_honours_the_lock():
+    commands = script_commands("uv")
+    export = next(command for command in commands if any(arg.endswith("/bin/uv") for arg in command))
+    assert {"--frozen", "--no-hashes", "--no-emit-workspace", "--no-dev"} <= set(export)
+    assert export[export.index("--directory") + 1] == "/deps"
+    output = export[export.index("--output-file") + 1]
+    install_uv = next(command for command in commands if any(arg.startswith("uv==") for arg in command))
+    assert install_uv[0] != "/app/.venv/bin/python"  # uv is not installed into the app's venv
+    final = next(command for command in commands if command[0] == "/app/.venv/bin/python" and "-r" in command)
+    assert final[-2:] == ["-r", output]
+    assert "--no-deps" in final
+    assert commands[-1][:2] == ["rm", "-rf"]
+    assert output in commands[-1]
+
+
+def test_install_script_for_none_installs_nothing():
+    assert not any("pip" in command for command in script_commands("none"))
+
+
+def test_install_script_reads_only_from_deps_mount():
+    for kind in ("requirements", "pyproject", "uv"):
+        script = dependency_install_script(spec(kind))
+        assert "/deps/" in script or "--directory /deps" in script
+        assert "/app/src" not in script  # the tenant's code is not there while dependencies install
+
+
+# -- Containerfile -----------------------------------------------------------------------------
+
+
+def test_containerfile_has_no_run_and_the_expected_steps():
+    text = containerfile("localhost/coltsfoot-deps:" + "a" * 32)
+    instructions = [line.split()[0] for line in text.splitlines() if line and not line.startswith("#")]
+    assert "RUN" not in instructions
+    assert not any(word in instructions for word in ("ADD", "ONBUILD", "ARG", "USER", "VOLUME"))
+    assert instructions[:3] == ["FROM", "COPY", "WORKDIR"]
+    assert f"FROM localhost/coltsfoot-deps:{'a' * 32}\n" in text
+    assert "COPY --chown=0:0 . /app/src\n" in text
+    assert "WORKDIR /app/src\n" in text
+    assert "ENV PATH=/app/.venv/bin:" in text
+    assert "PYTHONUNBUFFERED=1" in text
+    assert "HOME=/tmp" in text
+
+
+@pytest.mark.parametrize("ref", ["bad ref", "localhost/x:1\nRUN id", "", "-x"])
+def test_containerfile_refuses_odd_image_refs(ref):
+    with pytest.raises(ValueError, match="image"):
+        containerfile(ref)
