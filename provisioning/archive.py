@@ -151,6 +151,8 @@ class _Extraction:
         self.members = 0
         self.total_bytes = 0
         self.created: dict[tuple[str, ...], _Kind] = {}
+        # One open directory, reused while consecutive entries share a parent (the usual order).
+        self._cached_directory: tuple[tuple[str, ...], int] | None = None
 
     def run(self, archive_path: Path) -> ExtractResult:
         stream_limit = self.max_unpacked_bytes + (self.max_members + 1) * PER_ENTRY_OVERHEAD_BYTES + MAX_TRAILING_BYTES
@@ -179,12 +181,9 @@ class _Extraction:
             logger.info("source archive unreadable", extra={"error": type(exc).__name__})
             raise _not_an_archive(_describe_read_error(exc)) from None
         except OSError as exc:
-            logger.exception("source archive could not be unpacked")
-            raise PlatformError(
-                "platform.unpack_failed",
-                "The platform could not unpack the archive; the deployment will be retried.",
-                transient=True,
-            ) from exc
+            raise _unpack_failed(exc) from exc
+        finally:
+            self._release_directory()
 
         files = sum(1 for kind in self.created.values() if kind == "file")
         if files == 0:
@@ -192,7 +191,10 @@ class _Extraction:
         directories = len(self.created) - files
         prefix = self._wrapping_directory()
         if prefix is not None:
-            _flatten(self.dest_fd, prefix)
+            try:
+                _flatten(self.dest_fd, prefix)
+            except OSError as exc:
+                raise _unpack_failed(exc) from exc
             directories -= 1
         return ExtractResult(files=files, directories=directories, total_bytes=self.total_bytes, stripped_prefix=prefix)
 
@@ -221,17 +223,14 @@ class _Extraction:
             if kind == "file":
                 raise _unsafe("/".join(path), "is a file, and cannot also be a directory")
             self._count_new_entry()
-            parent_fd = self._open_directory(path[:-1])
-            try:
-                os.mkdir(path[-1], DIR_MODE, dir_fd=parent_fd)
-                fd = os.open(path[-1], _DIR_FLAGS, dir_fd=parent_fd)
-                try:
-                    os.fchmod(fd, DIR_MODE)  # mkdir's mode is filtered by the umask
-                finally:
-                    os.close(fd)
-            finally:
-                self._close_directory(parent_fd)
+            parent_fd = self._directory(path[:-1])
+            os.mkdir(path[-1], DIR_MODE, dir_fd=parent_fd)
             self.created[path] = "dir"
+            fd = os.open(path[-1], _DIR_FLAGS, dir_fd=parent_fd)
+            try:
+                os.fchmod(fd, DIR_MODE)  # mkdir's mode is filtered by the umask
+            finally:
+                os.close(fd)
 
     def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parts: tuple[str, ...]) -> None:
         self._ensure_directories(parts[:-1])
@@ -255,11 +254,7 @@ class _Extraction:
         if source is None:
             raise _not_an_archive("a file entry has no data")
         mode = EXECUTABLE_MODE if member.mode & 0o111 else FILE_MODE
-        parent_fd = self._open_directory(parts[:-1])
-        try:
-            fd = os.open(parts[-1], _NEW_FILE_FLAGS, 0o600, dir_fd=parent_fd)
-        finally:
-            self._close_directory(parent_fd)
+        fd = os.open(parts[-1], _NEW_FILE_FLAGS, 0o600, dir_fd=self._directory(parts[:-1]))
         self.created[parts] = "file"
         written = 0
         with os.fdopen(fd, "wb") as out:
@@ -282,18 +277,29 @@ class _Extraction:
         if len(self.created) >= self.max_files:
             raise _too_many_files(self.max_files)
 
-    def _open_directory(self, parts: tuple[str, ...]) -> int:
-        """An fd for `dest/parts`, walked one component at a time without following links."""
-        fd = self.dest_fd
-        for part in parts:
-            next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            self._close_directory(fd)
-            fd = next_fd
+    def _directory(self, parts: tuple[str, ...]) -> int:
+        """A borrowed fd for `dest/parts`, walked one component at a time without following links."""
+        if not parts:
+            return self.dest_fd
+        if self._cached_directory is not None and self._cached_directory[0] == parts:
+            return self._cached_directory[1]
+        fd = os.open(parts[0], _DIR_FLAGS, dir_fd=self.dest_fd)
+        try:
+            for part in parts[1:]:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = next_fd
+        except BaseException:
+            os.close(fd)
+            raise
+        self._release_directory()
+        self._cached_directory = (parts, fd)
         return fd
 
-    def _close_directory(self, fd: int) -> None:
-        if fd != self.dest_fd:
-            os.close(fd)
+    def _release_directory(self) -> None:
+        if self._cached_directory is not None:
+            os.close(self._cached_directory[1])
+            self._cached_directory = None
 
     def _wrapping_directory(self) -> str | None:
         top_level = [path for path in self.created if len(path) == 1]
@@ -479,6 +485,13 @@ def _unsupported(member: tarfile.TarInfo) -> SourceRejected:
         "source.unsupported_entry",
         f"The archive entry {_shown(member.name)} {kind}; only regular files and directories are supported.",
         http_status=422,
+    )
+
+
+def _unpack_failed(exc: OSError) -> PlatformError:
+    logger.error("source archive could not be unpacked", exc_info=exc)
+    return PlatformError(
+        "platform.unpack_failed", "The platform could not unpack the archive (a fault on our side).", transient=True
     )
 
 
