@@ -13,6 +13,9 @@ from ninja import Status
 from config.errors import error_response
 from config.errors import install_error_handlers
 from platform_apps.api import router as apps_router
+from platform_apps.config_api import router as config_router
+from platform_apps.deployments_api import router as deployments_router
+from platform_apps.webhooks_api import router as webhooks_router
 from tenants.api import router as tokens_router
 from tenants.auth import TokenAuth
 
@@ -83,5 +86,8 @@ def ready(request: HttpRequest) -> Status[dict[str, object]]:
 
 api.add_router("/", tokens_router)
 api.add_router("/", apps_router)
+api.add_router("/", deployments_router)
+api.add_router("/", config_router)
+api.add_router("/", webhooks_router)
 
 __all__ = ["api", "error_response"]

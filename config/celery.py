@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from django.conf import settings
 
 from config.settings_utils import require_secret_key
 
@@ -14,3 +15,6 @@ require_secret_key()
 app = Celery("coltsfoot")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+app.conf.beat_schedule = {
+    "reconcile": {"task": "coltsfoot.reconcile", "schedule": float(settings.CELERY_BEAT_RECONCILE_SECONDS)},
+}

@@ -43,6 +43,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "config.logging.RequestIdMiddleware",
     "config.middleware.ApiErrorShapeMiddleware",
+    "config.middleware.UploadLimitMiddleware",
+    "platform_apps.idempotency.IdempotencyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -150,10 +152,20 @@ RUNSC_FLAGS = env_list("COLTSFOOT_RUNSC_FLAGS", ["network=host"])
 PODMAN_TIMEOUT_SECONDS = env_int("COLTSFOOT_PODMAN_TIMEOUT", 120)
 BUILD_TIMEOUT_SECONDS = env_int("COLTSFOOT_BUILD_TIMEOUT", 900)
 BASE_IMAGE = env_str("COLTSFOOT_BASE_IMAGE", "localhost/coltsfoot-base:bookworm")
+BASE_IMAGE_MIRROR = env_str("COLTSFOOT_BASE_IMAGE_MIRROR", "")  # Debian mirror for debootstrap; "" = apt's
 BUILD_CA_BUNDLE = env_str("COLTSFOOT_BUILD_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
 BUILD_PIP_INDEX_URL = env_str("COLTSFOOT_PIP_INDEX_URL", "")
 BUILD_ROOT = DATA_DIR / "builds"
 START_DEADLINE_SECONDS = env_int("COLTSFOOT_START_DEADLINE", 30)
+RELEASE_TIMEOUT_SECONDS = env_int("COLTSFOOT_RELEASE_TIMEOUT", 600)
+# Labels every container, network and image this platform instance creates, so that several
+# instances (a developer's `make up`, parallel test sessions) never touch each other's.
+INSTANCE_ID = env_str("COLTSFOOT_INSTANCE_ID", "default")
+IMAGE_PULL_TLS_VERIFY = env_bool("COLTSFOOT_IMAGE_PULL_TLS_VERIFY", default=True)
+# A running task refreshes its deployment's lease this often; a lease older than LEASE_SECONDS
+# means its worker died, and the reconciler queues the deployment again.
+LEASE_SECONDS = env_int("COLTSFOOT_LEASE_SECONDS", 60)
+HEARTBEAT_SECONDS = max(1, LEASE_SECONDS // 6)
 TENANT_UID_BASE = env_int("COLTSFOOT_TENANT_UID_BASE", 200000)
 
 # Source archive limits (tenant input is hostile).
@@ -211,3 +223,15 @@ GIT_ALLOWED_HOSTS = env_list("COLTSFOOT_GIT_ALLOWED_HOSTS", ["github.com", "gitl
 GIT_ALLOWED_SCHEMES = env_list("COLTSFOOT_GIT_ALLOWED_SCHEMES", ["https"])
 GIT_ALLOW_LOCAL = env_bool("COLTSFOOT_GIT_ALLOW_LOCAL", default=False)  # tests only: file:// repositories
 WEBHOOK_TOLERANCE_SECONDS = 300
+WEBHOOK_RATE_LIMIT_PER_MINUTE = env_int("COLTSFOOT_WEBHOOK_RATE_LIMIT", 30)
+# Registries image deploys may pull from (host[:port]); anything else is refused up front.
+IMAGE_ALLOWED_REGISTRIES = env_list("COLTSFOOT_IMAGE_ALLOWED_REGISTRIES", ["docker.io", "ghcr.io", "quay.io"])
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"coltsfoot-{INSTANCE_ID}",
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+    }
+}

@@ -18,3 +18,4 @@ ZEAL_RAISE = True
 ZEAL_ALLOWLIST: list[dict[str, str]] = []
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = False
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import ClassVar
 
 import auto_prefetch
@@ -103,6 +104,13 @@ class Deployment(auto_prefetch.Model):
     error_message = models.TextField(blank=True, default="")
     log = models.TextField(blank=True, default="")
     attempts = models.PositiveSmallIntegerField(default=0)
+    released = models.BooleanField(default=False, help_text="The release command has run successfully.")
+    # The lease of the task working on this deployment: refreshed while it runs, cleared when it
+    # stops. A stale lease means the worker died; the reconciler then queues the task again.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=64, blank=True, default="")
+    idempotency_key = models.CharField(max_length=255, blank=True, default="")
+    delivery_id = models.CharField(max_length=128, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -116,6 +124,16 @@ class Deployment(auto_prefetch.Model):
 
     def __str__(self) -> str:
         return f"{self.app.name} #{self.number} ({self.state})"
+
+    @property
+    def build_dir(self) -> Path:
+        return Path(settings.BUILD_ROOT) / str(self.public_id)
+
+    @property
+    def error(self) -> dict[str, str] | None:
+        if not self.error_code:
+            return None
+        return {"code": self.error_code, "message": self.error_message}
 
 
 class Replica(auto_prefetch.Model):
@@ -135,3 +153,104 @@ class Replica(auto_prefetch.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ConfigVar(auto_prefetch.Model):
+    """One environment variable of an app. Every value is encrypted at rest; `secret` ones are
+    also write-only in the API and reach containers as podman secrets, not as `--env`."""
+
+    app = auto_prefetch.ForeignKey(App, on_delete=models.CASCADE, related_name="config_vars")
+    key = models.CharField(max_length=64)
+    value_encrypted = models.TextField(editable=False)
+    secret = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects: ClassVar[auto_prefetch.Manager[ConfigVar]] = auto_prefetch.Manager()
+
+    class Meta(auto_prefetch.Model.Meta):
+        ordering = ["app", "key"]
+        constraints = [models.UniqueConstraint(fields=["app", "key"], name="config_var_key_unique_per_app")]
+        indexes = [models.Index(fields=["app", "secret"])]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({'secret' if self.secret else 'var'})"
+
+
+class Addon(auto_prefetch.Model):
+    """A managed PostgreSQL database for one app, reached through PgBouncer."""
+
+    class State(models.TextChoices):
+        PROVISIONING = "provisioning", "Provisioning"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+        DEPROVISIONING = "deprovisioning", "Deprovisioning"
+
+    app = auto_prefetch.OneToOneField(App, on_delete=models.CASCADE, related_name="postgres")
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PROVISIONING)
+    role_name = models.CharField(max_length=63, editable=False)
+    database_name = models.CharField(max_length=63, editable=False)
+    password_encrypted = models.TextField(editable=False)
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects: ClassVar[auto_prefetch.Manager[Addon]] = auto_prefetch.Manager()
+
+    class Meta(auto_prefetch.Model.Meta):
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["state"])]
+
+    def __str__(self) -> str:
+        return f"postgres {self.database_name} ({self.state})"
+
+
+class WebhookDelivery(auto_prefetch.Model):
+    """A webhook call that was accepted. A delivery id, or a signature, seen again for the same
+    app returns the original deployment instead of creating another."""
+
+    app = auto_prefetch.ForeignKey(App, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    delivery_id = models.CharField(max_length=128)
+    signature_digest = models.CharField(max_length=64)
+    deployment = auto_prefetch.ForeignKey(
+        Deployment, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects: ClassVar[auto_prefetch.Manager[WebhookDelivery]] = auto_prefetch.Manager()
+
+    class Meta(auto_prefetch.Model.Meta):
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["app", "delivery_id"], name="webhook_delivery_unique"),
+            models.UniqueConstraint(fields=["app", "signature_digest"], name="webhook_signature_unique"),
+        ]
+        indexes = [models.Index(fields=["created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.app.name} delivery {self.delivery_id}"
+
+
+class IdempotencyRecord(auto_prefetch.Model):
+    """The first response to a creating POST sent with an `Idempotency-Key`, replayed for 24 h."""
+
+    tenant = auto_prefetch.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="sha256 of method, path and body.")
+    status_code = models.PositiveSmallIntegerField(default=0, help_text="0 while the first request runs.")
+    content_type = models.CharField(max_length=100, blank=True, default="")
+    body = models.BinaryField(blank=True, default=b"")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects: ClassVar[auto_prefetch.Manager[IdempotencyRecord]] = auto_prefetch.Manager()
+
+    class Meta(auto_prefetch.Model.Meta):
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "key"], name="idempotency_key_unique_per_tenant")]
+        indexes = [models.Index(fields=["created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status_code or 'in progress'})"

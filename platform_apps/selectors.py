@@ -9,6 +9,7 @@ from django.db.models import QuerySet
 
 from config.errors import NotFound
 from platform_apps.models import App
+from platform_apps.models import Deployment
 from tenants.models import ApiToken
 
 
@@ -29,3 +30,24 @@ def app_get(*, token: ApiToken, app_id: uuid.UUID) -> App:
     if app is None:
         raise NotFound("app")
     return app
+
+
+def deployment_queryset(*, token: ApiToken) -> QuerySet[Deployment]:
+    qs = Deployment.objects.filter(app__tenant_id=token.tenant_id).select_related(
+        "app", "app__tenant", "source_deployment"
+    )
+    if token.app_id is not None:
+        qs = qs.filter(app_id=token.app_id)
+    return qs
+
+
+def deployment_list(*, token: ApiToken, app: App, limit: int, offset: int) -> tuple[list[Deployment], int]:
+    qs = deployment_queryset(token=token).filter(app=app)
+    return list(qs[offset : offset + limit]), qs.count()
+
+
+def deployment_get(*, token: ApiToken, deployment_id: uuid.UUID) -> Deployment:
+    deployment = deployment_queryset(token=token).filter(public_id=deployment_id).first()
+    if deployment is None:
+        raise NotFound("deployment")
+    return deployment

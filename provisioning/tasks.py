@@ -1,14 +1,368 @@
-"""Celery tasks (filled in by the deploy pipeline)."""
+"""Celery tasks. Each takes UUIDs as strings, re-reads its rows, claims work with conditional
+UPDATEs and is safe to run twice. Only transient errors are retried, with capped exponential
+backoff and jitter; tenant errors fail at once with their code."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
 
+from celery import Task
 from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+from django.db import close_old_connections
+from django.db import connection
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from caddy.client import CaddyClient
+from caddy.client import CaddyError
+from platform_apps.models import Addon
+from platform_apps.models import App
+from platform_apps.models import Deployment
+from provisioning import addons
+from provisioning import pipeline
+from provisioning import podman
+from provisioning.errors import DeployError
+from provisioning.errors import PlatformError
 
 logger = logging.getLogger(__name__)
 
+MAX_RETRIES = 5
+BACKOFF_BASE_SECONDS = 2.0
+BACKOFF_CAP_SECONDS = 60.0
 
-@shared_task(name="coltsfoot.app_teardown")
-def app_teardown(app_id: str) -> None:
-    logger.info("app teardown", extra={"app_id": app_id})
+State = Deployment.State
+
+
+def backoff_seconds(retries: int) -> float:
+    """Exponential, capped, with full jitter between half and one and a half of the step."""
+    step = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * (2**retries))
+    return float(step * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not cryptography
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, PlatformError | podman.PodmanError | CaddyError):
+        return bool(exc.transient)
+    from provisioning.postgres import PostgresError
+
+    return isinstance(exc, PostgresError) and bool(exc.transient)
+
+
+# --- Leases ---------------------------------------------------------------------------------
+
+
+def lease_claim(deployment_pk: int, owner: str) -> bool:
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.LEASE_SECONDS)
+    return bool(
+        Deployment.objects.filter(pk=deployment_pk, state__in=Deployment.ACTIVE_STATES)
+        .filter(Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale) | Q(lease_owner=owner))
+        .update(heartbeat_at=now, lease_owner=owner)
+    )
+
+
+def lease_release(deployment_pk: int, owner: str, *, hold_until: float | None = None) -> None:
+    """Give the lease up; `hold_until` (seconds from now) keeps it while a retry is pending."""
+    heartbeat = timezone.now() + timedelta(seconds=hold_until) if hold_until else None
+    Deployment.objects.filter(pk=deployment_pk, lease_owner=owner).update(
+        heartbeat_at=heartbeat, lease_owner=owner if hold_until else ""
+    )
+
+
+@contextlib.contextmanager
+def heartbeat(deployment_pk: int, owner: str) -> Iterator[None]:
+    """Refresh the lease from a thread while the (blocking) pipeline step runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(settings.HEARTBEAT_SECONDS):
+                Deployment.objects.filter(pk=deployment_pk, lease_owner=owner).update(heartbeat_at=timezone.now())
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=beat, name=f"lease-{deployment_pk}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# --- State changes --------------------------------------------------------------------------
+
+
+def _transition(deployment: Deployment, old: str, new: str, **fields: Any) -> bool:
+    updated = Deployment.objects.filter(pk=deployment.pk, state=old).update(state=new, **fields)
+    if updated:
+        deployment.state = new
+        for key, value in fields.items():
+            setattr(deployment, key, value)
+        logger.info(f"deployment {old} -> {new}", extra=pipeline.log_context(deployment))
+    return bool(updated)
+
+
+def deployment_fail(deployment: Deployment, code: str, message: str) -> None:
+    updated = Deployment.objects.filter(pk=deployment.pk, state__in=Deployment.ACTIVE_STATES).update(
+        state=State.FAILED, error_code=code, error_message=message, finished_at=timezone.now()
+    )
+    if not updated:
+        return
+    pipeline.log_append(deployment, f"-----> Failed: {code}: {message}")
+    logger.warning("deployment failed", extra={**pipeline.log_context(deployment), "code": code})
+    pipeline.remove_containers(deployment)
+    pipeline.cleanup_build_dir(deployment)
+
+
+def deployment_supersede(deployment: Deployment) -> None:
+    updated = Deployment.objects.filter(pk=deployment.pk, state__in=Deployment.ACTIVE_STATES).update(
+        state=State.SUPERSEDED, finished_at=timezone.now()
+    )
+    if updated:
+        pipeline.log_append(deployment, "-----> Superseded by a newer deployment before it went live")
+        logger.info("deployment superseded before going live", extra=pipeline.log_context(deployment))
+        pipeline.remove_containers(deployment)
+        pipeline.cleanup_build_dir(deployment)
+
+
+def _load(deployment_id: uuid.UUID) -> Deployment | None:
+    deployment: Deployment | None = (
+        Deployment.objects.select_related("app", "app__tenant").filter(public_id=deployment_id).first()
+    )
+    return deployment
+
+
+def _built_from_source(deployment: Deployment) -> pipeline.Built:
+    kind = deployment.source_kind
+    if kind == Deployment.SourceKind.ARCHIVE:
+        return pipeline.build(deployment)
+    if kind == Deployment.SourceKind.GIT:
+        pipeline.fetch_git(deployment)
+        return pipeline.build(deployment)
+    if kind == Deployment.SourceKind.IMAGE:
+        return pipeline.pull(deployment)
+    # Rollback or config release: the image exists already.
+    if not podman.image_exists(deployment.image_ref):
+        raise PlatformError("rollback.image_missing", "The image of that deployment is no longer on the platform.")
+    return pipeline.Built(
+        image_ref=deployment.image_ref,
+        image_id=deployment.image_id,
+        web_command=deployment.web_command,
+        release_command=deployment.release_command,
+    )
+
+
+def drive(deployment_id: uuid.UUID) -> None:
+    """Move one deployment as far as it goes. Each phase starts from the state the row is in,
+    so a rerun after a crash resumes where the last run stopped."""
+    deployment = _load(deployment_id)
+    if deployment is None or deployment.state in Deployment.FINAL_STATES:
+        return
+    if deployment.app.state != App.State.ACTIVE:
+        deployment_fail(deployment, "app.deleting", "The app is being deleted.")
+        return
+    if pipeline.newer_deployment_exists(deployment):
+        deployment_supersede(deployment)
+        return
+
+    if deployment.state == State.QUEUED:
+        _transition(deployment, State.QUEUED, State.BUILDING, started_at=timezone.now())
+    if deployment.state == State.BUILDING:
+        built = _built_from_source(deployment)
+        _transition(
+            deployment,
+            State.BUILDING,
+            State.STARTING,
+            image_ref=built.image_ref,
+            image_id=built.image_id,
+            web_command=built.web_command,
+            release_command=built.release_command,
+        )
+    if deployment.state != State.STARTING:
+        return
+
+    deployment.refresh_from_db()
+    if pipeline.newer_deployment_exists(deployment):
+        deployment_supersede(deployment)
+        return
+    pipeline.network_ensure(deployment)
+    runtime = pipeline.runtime_env(deployment)
+    pipeline.release(deployment, runtime)
+    upstreams = pipeline.start_replicas(deployment, runtime)
+    if pipeline.newer_deployment_exists(deployment):
+        deployment_supersede(deployment)
+        return
+    pipeline.step(deployment, "Switching the route")
+    if not pipeline.route_switch(deployment, upstreams):
+        deployment_supersede(deployment)
+        return
+    _transition(deployment, State.STARTING, State.LIVE, finished_at=timezone.now())
+    pipeline.step(deployment, f"Live at {deployment.app.url}")
+    pipeline.retire_previous(deployment)
+    pipeline.cleanup_build_dir(deployment)
+
+
+@shared_task(bind=True, name="coltsfoot.deployment_run", max_retries=MAX_RETRIES)
+def deployment_run(self: Task[Any, Any], deployment_id: str) -> None:
+    did = uuid.UUID(deployment_id)
+    deployment = _load(did)
+    if deployment is None or deployment.state in Deployment.FINAL_STATES:
+        return
+    owner = str(self.request.id or uuid.uuid4())
+    if not lease_claim(deployment.pk, owner):
+        logger.info("deployment is being worked on elsewhere", extra=pipeline.log_context(deployment))
+        return
+    Deployment.objects.filter(pk=deployment.pk).update(attempts=deployment.attempts + 1)
+    hold: float | None = None
+    try:
+        with heartbeat(deployment.pk, owner):
+            drive(did)
+    except DeployError as exc:
+        if exc.transient and self.request.retries < MAX_RETRIES:
+            hold = backoff_seconds(self.request.retries)
+            logger.warning("transient failure, retrying", extra={**pipeline.log_context(deployment), "code": exc.code})
+            raise self.retry(exc=exc, countdown=hold) from exc
+        deployment_fail(deployment, exc.code, exc.message)
+    except Exception as exc:
+        if is_transient(exc) and self.request.retries < MAX_RETRIES:
+            hold = backoff_seconds(self.request.retries)
+            logger.warning("transient infrastructure failure, retrying", extra=pipeline.log_context(deployment))
+            raise self.retry(exc=exc, countdown=hold) from exc
+        logger.error("deployment crashed", exc_info=exc, extra=pipeline.log_context(deployment))
+        deployment_fail(
+            deployment, "platform.error", "The platform failed to deploy this; the operators have the details."
+        )
+    finally:
+        lease_release(deployment.pk, owner, hold_until=hold + settings.LEASE_SECONDS if hold else None)
+
+
+@shared_task(bind=True, name="coltsfoot.app_teardown", max_retries=MAX_RETRIES * 4)
+def app_teardown(self: Task[Any, Any], app_id: str) -> None:
+    """Remove everything an app had: route, containers, secrets, images, add-on, build dirs, row."""
+    app: App | None = App.objects.select_related("tenant").filter(public_id=uuid.UUID(app_id)).first()
+    if app is None or app.state != App.State.DELETING:
+        return
+    context = {"tenant_id": str(app.tenant.public_id), "app_id": app_id}
+    fresh = timezone.now() - timedelta(seconds=settings.LEASE_SECONDS)
+    busy = Deployment.objects.filter(app=app, state__in=Deployment.ACTIVE_STATES, heartbeat_at__gte=fresh)
+    try:
+        if busy.exists():
+            # A deployment task is mid-step; it will see the app is deleting and stop.
+            raise PlatformError("app.teardown_busy", "A deployment is still running.", transient=True)
+        with CaddyClient.from_settings() as caddy:
+            caddy.route_delete(app.public_id)
+        for deployment in Deployment.objects.filter(app=app).select_related("app", "app__tenant"):
+            if deployment.state in Deployment.ACTIVE_STATES:
+                deployment_fail(deployment, "app.deleting", "The app was deleted.")
+            pipeline.remove_containers(deployment)
+            podman.image_remove(pipeline.app_image_ref(deployment.public_id))
+            shutil.rmtree(deployment.build_dir, ignore_errors=True)
+        for name in podman.containers_with_label("coltsfoot.app", app_id):
+            podman.container_remove(name)
+        addons.addon_teardown_for_app(app)
+    except Exception as exc:
+        if is_transient(exc) and self.request.retries < MAX_RETRIES * 4:
+            raise self.retry(exc=exc, countdown=backoff_seconds(min(self.request.retries, 4))) from exc
+        logger.error("app teardown failed", exc_info=exc, extra=context)
+        raise
+    App.objects.filter(pk=app.pk, state=App.State.DELETING).delete()
+    logger.info("app deleted", extra=context)
+
+
+@shared_task(name="coltsfoot.reconcile")
+def reconcile() -> dict[str, int]:
+    """Periodic (beat) and at worker start: requeue work whose worker died or whose message was
+    lost. Leases make a duplicate harmless: the second task finds the lease held and stops."""
+    stale = timezone.now() - timedelta(seconds=settings.LEASE_SECONDS)
+    stuck = Deployment.objects.filter(state__in=Deployment.ACTIVE_STATES).filter(
+        Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True, created_at__lt=stale)
+    )
+    deployments = [str(pid) for pid in stuck.values_list("public_id", flat=True)]
+    for deployment_id in deployments:
+        logger.info("requeueing stalled deployment", extra={"deployment_id": deployment_id})
+        deployment_run.delay(deployment_id)
+    deleting = [str(pid) for pid in App.objects.filter(state=App.State.DELETING).values_list("public_id", flat=True)]
+    for app_id in deleting:
+        app_teardown.delay(app_id)
+    addon_count = addons.addons_requeue_stalled()
+    return {"deployments": len(deployments), "apps": len(deleting), "addons": addon_count}
+
+
+@worker_ready.connect
+def _reconcile_on_start(**_: Any) -> None:
+    close_old_connections()
+    reconcile.delay()
+
+
+# --- PostgreSQL add-ons ---------------------------------------------------------------------
+
+
+def _load_addon(addon_id: str) -> Addon | None:
+    addon: Addon | None = Addon.objects.select_related("app", "app__tenant").filter(public_id=addon_id).first()
+    return addon
+
+
+def _rerelease(app_pk: int) -> None:
+    from platform_apps import config_vars
+
+    app = App.objects.select_related("tenant", "live_deployment").get(pk=app_pk)
+    if app.state == App.State.ACTIVE:
+        config_vars.release_current(app)
+
+
+@shared_task(bind=True, name="coltsfoot.addon_provision", max_retries=MAX_RETRIES)
+def addon_provision(self: Task[Any, Any], addon_id: str) -> None:
+    addon = _load_addon(addon_id)
+    if addon is None or addon.state != Addon.State.PROVISIONING:
+        return
+    try:
+        addons.provision(addon)
+    except Exception as exc:
+        if is_transient(exc) and self.request.retries < MAX_RETRIES:
+            Addon.objects.filter(pk=addon.pk).update(updated_at=timezone.now())
+            raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries)) from exc
+        logger.error("postgres add-on provisioning failed", exc_info=exc, extra=addons.log_context(addon))
+        # Leave nothing half-made behind; if the cluster is down this fails too, and a later
+        # POST (or DELETE) converges, since every step is idempotent by name.
+        with contextlib.suppress(Exception):
+            addons.deprovision(addon)
+        Addon.objects.filter(pk=addon.pk, state=Addon.State.PROVISIONING).update(
+            state=Addon.State.FAILED,
+            error_code="addon.provision_failed",
+            error_message="The database could not be created; try again later.",
+        )
+        return
+    with transaction.atomic():
+        if Addon.objects.filter(pk=addon.pk, state=Addon.State.PROVISIONING).update(
+            state=Addon.State.READY, error_code="", error_message=""
+        ):
+            transaction.on_commit(lambda: _rerelease(addon.app_id))
+
+
+@shared_task(bind=True, name="coltsfoot.addon_deprovision", max_retries=MAX_RETRIES)
+def addon_deprovision(self: Task[Any, Any], addon_id: str) -> None:
+    addon = _load_addon(addon_id)
+    if addon is None or addon.state != Addon.State.DEPROVISIONING:
+        return
+    try:
+        addons.deprovision(addon)
+    except Exception as exc:
+        if is_transient(exc) and self.request.retries < MAX_RETRIES:
+            Addon.objects.filter(pk=addon.pk).update(updated_at=timezone.now())
+            raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries)) from exc
+        logger.error("postgres add-on deprovisioning failed", exc_info=exc, extra=addons.log_context(addon))
+        raise
+    app_pk = addon.app_id
+    Addon.objects.filter(pk=addon.pk, state=Addon.State.DEPROVISIONING).delete()
+    _rerelease(app_pk)

@@ -1,0 +1,489 @@
+"""The deploy pipeline's steps: build, release, start, route, retire.
+
+Each step is idempotent and keyed by deterministic names (image `localhost/coltsfoot-app:<uuid>`,
+containers `tsl-<deployment uuid>-<n>`, Caddy `@id` `app-<app uuid>`), so a task that dies
+anywhere and runs again converges on one set of replicas. No DB transaction is open while
+podman or Caddy is called: every state change is a single conditional UPDATE.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from django.conf import settings
+from django.db.models import F
+from django.db.models import Q
+from django.db.models import Value
+from django.db.models.functions import Concat
+from django.db.models.functions import Right
+from django.utils import timezone
+
+from caddy.client import CaddyClient
+from platform_apps.models import App
+from platform_apps.models import Deployment
+from platform_apps.models import Replica
+from provisioning import buildpack
+from provisioning import podman
+from provisioning.errors import PlatformError
+from provisioning.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+APP_PORT = 8000
+APP_IMAGE_REPO = "localhost/coltsfoot-app"
+DEPS_IMAGE_REPO = "localhost/coltsfoot-deps"
+LOG_MAX_CHARS = 512 * 1024
+PIDS_LIMIT = 256
+CA_BUNDLE_IN_CONTAINER = "/etc/ssl/certs/ca-certificates.crt"
+
+
+# --- Names (deterministic) ------------------------------------------------------------------
+
+
+def tenant_network(tenant_id: uuid.UUID) -> str:
+    return f"cf-t-{tenant_id.hex[:20]}"
+
+
+def replica_name(deployment_id: uuid.UUID, index: int) -> str:
+    return f"tsl-{deployment_id}-{index}"
+
+
+def release_container_name(deployment_id: uuid.UUID) -> str:
+    return f"tsl-{deployment_id}-release"
+
+
+def deps_container_name(deployment_id: uuid.UUID) -> str:
+    return f"tsl-{deployment_id}-deps"
+
+
+def app_image_ref(deployment_id: uuid.UUID) -> str:
+    return f"{APP_IMAGE_REPO}:{deployment_id}"
+
+
+def labels_for(deployment: Deployment, role: str) -> dict[str, str]:
+    app = deployment.app
+    return {
+        "coltsfoot.instance": str(settings.INSTANCE_ID),
+        "coltsfoot.tenant": str(app.tenant.public_id),
+        "coltsfoot.app": str(app.public_id),
+        "coltsfoot.deployment": str(deployment.public_id),
+        "coltsfoot.role": role,
+    }
+
+
+def log_context(deployment: Deployment) -> dict[str, str]:
+    return {
+        "tenant_id": str(deployment.app.tenant.public_id),
+        "app_id": str(deployment.app.public_id),
+        "deployment_id": str(deployment.public_id),
+    }
+
+
+# --- The deployment's log -------------------------------------------------------------------
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+def log_append(deployment: Deployment, text: str, *, secrets: Iterable[str] = ()) -> None:
+    """Append to the deployment's log in one UPDATE (no read-modify-write), keeping the tail."""
+    if not text:
+        return
+    if not text.endswith("\n"):
+        text += "\n"
+    chunk = redact(text, secrets)[-LOG_MAX_CHARS:]
+    Deployment.objects.filter(pk=deployment.pk).update(log=Right(Concat(F("log"), Value(chunk)), LOG_MAX_CHARS))
+
+
+def step(deployment: Deployment, message: str) -> None:
+    log_append(deployment, f"-----> {message}")
+    logger.info(message, extra=log_context(deployment))
+
+
+# --- Build ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Built:
+    image_ref: str
+    image_id: str
+    web_command: str
+    release_command: str
+
+
+def _sandbox_spec(
+    deployment: Deployment,
+    *,
+    name: str,
+    image: str,
+    command: str,
+    role: str,
+    env: dict[str, str] | None = None,
+    secret_env: dict[str, str] | None = None,
+    mounts: tuple[tuple[str, str, bool], ...] = (),
+    read_only: bool = True,
+    workdir: str = "/app/src",
+) -> podman.ContainerSpec:
+    app = deployment.app
+    uid = app.tenant.linux_uid
+    return podman.ContainerSpec(
+        name=name,
+        image=image,
+        network=tenant_network(app.tenant.public_id),
+        uid=uid,
+        gid=uid,
+        memory_mb=int(app.memory_mb),
+        cpus=float(app.cpus),
+        pids_limit=PIDS_LIMIT,
+        env=env or {},
+        secret_env=secret_env or {},
+        command=command,
+        labels=labels_for(deployment, role),
+        mounts=mounts,
+        read_only=read_only,
+        workdir=workdir,
+    )
+
+
+def network_ensure(deployment: Deployment) -> None:
+    tenant = deployment.app.tenant
+    podman.network_ensure(
+        tenant_network(tenant.public_id),
+        {"coltsfoot.instance": str(settings.INSTANCE_ID), "coltsfoot.tenant": str(tenant.public_id)},
+    )
+
+
+def _install_dependencies(deployment: Deployment, spec: buildpack.AppSpec, src: Path, deps_ref: str) -> None:
+    deps_dir = deployment.build_dir / "deps"
+    shutil.rmtree(deps_dir, ignore_errors=True)
+    deps_dir.mkdir(parents=True)
+    for name, content in buildpack.dependency_files(src, spec).items():
+        (deps_dir / name).write_bytes(content)
+    deps_dir.chmod(0o755)
+    for child in deps_dir.iterdir():
+        child.chmod(0o644)
+    mounts: tuple[tuple[str, str, bool], ...] = ((str(deps_dir), "/deps", True),)
+    if settings.BUILD_CA_BUNDLE and Path(settings.BUILD_CA_BUNDLE).is_file():
+        mounts += ((str(settings.BUILD_CA_BUNDLE), CA_BUNDLE_IN_CONTAINER, True),)
+    env = {"HOME": "/tmp", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # noqa: S108 - the sandbox's own tmpfs
+    # The index URL may carry credentials: a secret, since `podman commit` keeps the plain env.
+    secret_env: dict[str, str] = {}
+    if settings.BUILD_PIP_INDEX_URL:
+        secret_env["PIP_INDEX_URL"] = secret_name(deployment.public_id, "PIP_INDEX_URL")
+        podman.secret_set(secret_env["PIP_INDEX_URL"], str(settings.BUILD_PIP_INDEX_URL))
+    name = deps_container_name(deployment.public_id)
+    sandbox = _sandbox_spec(
+        deployment,
+        name=name,
+        image=str(settings.BASE_IMAGE),
+        command=buildpack.dependency_install_script(spec),
+        role="deps",
+        env=env,
+        secret_env=secret_env,
+        mounts=mounts,
+        read_only=False,
+        workdir="/app",
+    )
+    step(deployment, "Installing dependencies in a gVisor sandbox")
+    try:
+        code, output = podman.oneoff_run(sandbox, timeout=float(settings.BUILD_TIMEOUT_SECONDS), remove=False)
+        log_append(deployment, output)
+        if code != 0:
+            raise UserError(
+                "build.dependencies_failed",
+                f"Installing the dependencies failed (exit code {code}); the deployment log has the output.",
+            )
+        podman.image_commit(name, deps_ref)
+    finally:
+        podman.container_remove(name)
+        for secret in secret_env.values():
+            podman.secret_remove(secret)
+        shutil.rmtree(deps_dir, ignore_errors=True)
+
+
+def build(deployment: Deployment) -> Built:
+    """Build the app image. The tenant's code never runs on the host: dependencies are installed
+    inside a runsc sandbox and committed; `podman build` then only copies files."""
+    src = deployment.build_dir / "src"
+    if not src.is_dir():
+        raise PlatformError("build.source_missing", "The uploaded source is no longer available; deploy again.")
+    spec = buildpack.detect(src)
+    step(deployment, f"Detected a Python app ({spec.deps_kind}); web: {spec.web_command}")
+    image_ref = app_image_ref(deployment.public_id)
+    if not podman.image_exists(image_ref):
+        if not podman.image_exists(str(settings.BASE_IMAGE)):
+            raise PlatformError(
+                "build.base_image_missing", "The platform's base image is missing; the operators have been told."
+            )
+        base_id = podman.image_id(str(settings.BASE_IMAGE))
+        files = buildpack.dependency_files(src, spec)
+        deps_ref = f"{DEPS_IMAGE_REPO}:{buildpack.dependency_key(files, base_id)[:32]}"
+        network_ensure(deployment)
+        if podman.image_exists(deps_ref):
+            step(deployment, "Dependencies unchanged: reusing the cached dependency layer")
+        else:
+            _install_dependencies(deployment, spec, src, deps_ref)
+        containerfile = deployment.build_dir / "Containerfile"
+        containerfile.write_text(buildpack.containerfile(deps_ref))
+        step(deployment, "Building the app image")
+        output = podman.image_build(str(src), str(containerfile), image_ref, labels=labels_for(deployment, "image"))
+        log_append(deployment, output)
+    return Built(
+        image_ref=image_ref,
+        image_id=podman.image_id(image_ref),
+        web_command=spec.web_command,
+        release_command=spec.release_command or "",
+    )
+
+
+def pull(deployment: Deployment) -> Built:
+    """An image deploy: pull (or find) the image and run it with its own command."""
+    ref = deployment.source_url
+    step(deployment, f"Pulling {ref}")
+    try:
+        output = podman.image_pull(ref, tls_verify=bool(settings.IMAGE_PULL_TLS_VERIFY))
+    except podman.PodmanError as exc:
+        if exc.transient:
+            raise PlatformError("image.pull_failed", "Pulling the image failed; retrying.", transient=True) from exc
+        raise UserError("image.pull_failed", f"The image {ref} could not be pulled.") from exc
+    log_append(deployment, output)
+    image_ref = app_image_ref(deployment.public_id)
+    podman.image_tag(ref, image_ref)
+    return Built(image_ref=image_ref, image_id=podman.image_id(image_ref), web_command="", release_command="")
+
+
+# --- Runtime environment --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Runtime:
+    env: dict[str, str]
+    secret_env: dict[str, str]
+    secret_values: tuple[str, ...]
+
+
+def secret_name(deployment_id: uuid.UUID, key: str) -> str:
+    return f"cf-{deployment_id.hex}-{key.lower()}"
+
+
+def runtime_env(deployment: Deployment) -> Runtime:
+    """The app's environment: PORT, platform facts, config vars, and secrets as podman secrets
+    named per deployment (so they disappear with the deployment that used them)."""
+    from platform_apps import config_vars
+
+    app = deployment.app
+    resolved = config_vars.resolve_for_runtime(app)
+    env = {
+        **resolved.plain,
+        "PORT": str(APP_PORT),
+        "HOME": "/tmp",  # noqa: S108 - the sandbox's own tmpfs
+        "COLTSFOOT_APP_NAME": app.name,
+        "COLTSFOOT_DEPLOYMENT_ID": str(deployment.public_id),
+    }
+    secret_env: dict[str, str] = {}
+    for key, value in sorted(resolved.secrets.items()):
+        name = secret_name(deployment.public_id, key)
+        podman.secret_set(name, value)
+        secret_env[key] = name
+    return Runtime(env=env, secret_env=secret_env, secret_values=tuple(resolved.secrets.values()))
+
+
+def remove_secrets(deployment: Deployment) -> None:
+    prefix = f"cf-{deployment.public_id.hex}-"
+    for name in podman.secret_list():
+        if name.startswith(prefix):
+            podman.secret_remove(name)
+
+
+# --- Release and start ----------------------------------------------------------------------
+
+
+def release(deployment: Deployment, runtime: Runtime) -> None:
+    if not deployment.release_command or deployment.released:
+        return
+    step(deployment, f"Running release: {deployment.release_command}")
+    spec = _sandbox_spec(
+        deployment,
+        name=release_container_name(deployment.public_id),
+        image=deployment.image_ref,
+        command=deployment.release_command,
+        role="release",
+        env=runtime.env,
+        secret_env=runtime.secret_env,
+    )
+    code, output = podman.oneoff_run(spec, timeout=float(settings.RELEASE_TIMEOUT_SECONDS))
+    log_append(deployment, output, secrets=runtime.secret_values)
+    if code != 0:
+        raise UserError("release.failed", f"The release command exited with code {code}; nothing was switched.")
+    Deployment.objects.filter(pk=deployment.pk).update(released=True)
+
+
+def _answers_http(address: str) -> bool:
+    try:
+        httpx.get(f"http://{address}:{APP_PORT}/", timeout=2.0)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def start_replicas(deployment: Deployment, runtime: Runtime) -> list[str]:
+    """Start (or find) the deployment's replicas and wait until each answers HTTP; returns upstreams."""
+    app = deployment.app
+    network = tenant_network(app.tenant.public_id)
+    command = deployment.web_command
+    names = [replica_name(deployment.public_id, i) for i in range(app.replicas)]
+    step(deployment, f"Starting {len(names)} replica(s) under gVisor")
+    for index, name in enumerate(names):
+        if podman.container_is_running(name):
+            continue
+        podman.container_remove(name)  # a stopped leftover from a dead attempt holds the name
+        spec = _sandbox_spec(
+            deployment,
+            name=name,
+            image=deployment.image_ref,
+            command=command,
+            role="web",
+            env=runtime.env,
+            secret_env=runtime.secret_env,
+        )
+        podman.container_run_detached(spec)
+        Replica.objects.update_or_create(deployment=deployment, index=index, defaults={"name": name})
+    deadline = time.monotonic() + float(settings.START_DEADLINE_SECONDS)
+    upstreams = []
+    for index, name in enumerate(names):
+        address = podman.container_address(name, network)
+        Replica.objects.filter(deployment=deployment, index=index).update(address=address)
+        while not _answers_http(address):
+            if not podman.container_is_running(name) or time.monotonic() > deadline:
+                output = podman.container_logs(name, tail=200)
+                log_append(
+                    deployment,
+                    f"-----> Replica {index} did not answer HTTP on $PORT:\n{output}",
+                    secrets=runtime.secret_values,
+                )
+                raise UserError(
+                    "start.unhealthy",
+                    f"The web process did not answer HTTP on $PORT within {settings.START_DEADLINE_SECONDS} s; "
+                    "its last output is in the deployment log. The previous deployment keeps serving.",
+                )
+            time.sleep(0.25)
+        upstreams.append(f"{address}:{APP_PORT}")
+    step(deployment, "All replicas answer HTTP")
+    return upstreams
+
+
+def remove_containers(deployment: Deployment, *, graceful: bool = False) -> None:
+    """Remove the deployment's containers (after a graceful stop when it was serving) and secrets."""
+    for name in podman.containers_with_label("coltsfoot.deployment", str(deployment.public_id)):
+        if graceful:
+            podman.container_stop(name)
+        podman.container_remove(name)
+    remove_secrets(deployment)
+    Replica.objects.filter(deployment=deployment).delete()
+
+
+# --- Route and retire -----------------------------------------------------------------------
+
+
+def newer_deployment_exists(deployment: Deployment) -> bool:
+    """Newest intent wins: a later deployment of the app that has not failed."""
+    return (
+        Deployment.objects.filter(app_id=deployment.app_id, number__gt=deployment.number)
+        .exclude(state=Deployment.State.FAILED)
+        .exists()
+    )
+
+
+def upstreams_of(deployment: Deployment) -> list[str]:
+    return [f"{r.address}:{APP_PORT}" for r in Replica.objects.filter(deployment=deployment) if r.address]
+
+
+def route_switch(deployment: Deployment, upstreams: list[str]) -> bool:
+    """Point the app's route at `upstreams` and make this deployment the app's live one.
+
+    Returns False when a newer deployment won the race; the route then points at whatever is
+    live (one request), and the caller retires this deployment.
+    """
+    app = deployment.app
+    with CaddyClient.from_settings() as caddy:
+        caddy.route_upsert(app.public_id, [app.hostname], upstreams)
+        won = App.objects.filter(
+            Q(live_deployment__isnull=True) | Q(live_deployment__number__lte=deployment.number), pk=app.pk
+        ).update(live_deployment=deployment)
+        if won:
+            return True
+        live = Deployment.objects.get(pk=App.objects.values_list("live_deployment", flat=True).get(pk=app.pk))
+        caddy.route_upsert(app.public_id, [app.hostname], upstreams_of(live))
+        return False
+
+
+def retire_previous(deployment: Deployment) -> None:
+    previous = Deployment.objects.filter(
+        app_id=deployment.app_id, state=Deployment.State.LIVE, number__lt=deployment.number
+    ).select_related("app", "app__tenant")
+    for old in previous:
+        if Deployment.objects.filter(pk=old.pk, state=Deployment.State.LIVE).update(
+            state=Deployment.State.SUPERSEDED, finished_at=timezone.now()
+        ):
+            remove_containers(old, graceful=True)
+            logger.info("deployment superseded", extra=log_context(old))
+
+
+def cleanup_build_dir(deployment: Deployment) -> None:
+    shutil.rmtree(deployment.build_dir, ignore_errors=True)
+
+
+# --- Git sources ----------------------------------------------------------------------------
+
+
+def git_validate(url: str, ref: str) -> str:
+    """Check a git URL and ref against the platform's allow-list; returns the URL to clone."""
+    from provisioning import git_source
+
+    try:
+        git_source.validate_git_ref(ref)
+        return git_source.validate_git_url(
+            url,
+            allowed_schemes=tuple(settings.GIT_ALLOWED_SCHEMES),
+            allowed_hosts=tuple(settings.GIT_ALLOWED_HOSTS),
+            allow_local=bool(settings.GIT_ALLOW_LOCAL),
+        )
+    except (git_source.GitUrlRejected, git_source.GitRefRejected) as exc:
+        raise UserError(exc.code, exc.message) from exc
+
+
+def fetch_git(deployment: Deployment) -> None:
+    """Clone the deployment's git source into its build dir. The URL is checked again here, right
+    before cloning, so that DNS answers cannot change between the API call and the fetch."""
+    from provisioning import git_source
+
+    url = git_validate(deployment.source_url, deployment.source_ref)
+    src = deployment.build_dir / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    deployment.build_dir.mkdir(parents=True, exist_ok=True)
+    step(deployment, f"Fetching {deployment.source_ref} from {url}")
+    try:
+        commit = git_source.clone(
+            url,
+            deployment.source_ref,
+            src,
+            timeout=float(settings.BUILD_TIMEOUT_SECONDS),
+            allow_local=bool(settings.GIT_ALLOW_LOCAL),
+            max_bytes=int(settings.SOURCE_MAX_UNPACKED_BYTES),
+            max_files=int(settings.SOURCE_MAX_FILES),
+        )
+    except git_source.GitCloneError as exc:
+        logger.warning("git clone failed", extra={**log_context(deployment), "detail": exc.detail})
+        raise UserError(exc.code, exc.message) from exc
+    Deployment.objects.filter(pk=deployment.pk).update(source_commit=commit)
+    step(deployment, f"Checked out {commit}")
