@@ -1,0 +1,147 @@
+"""Config vars and secrets: validation, encrypted storage, releases, and what a container gets.
+
+Every value is encrypted at rest. Secret values are write-only: they leave the platform only
+as podman secrets mounted into the app's own containers (see `provisioning.podman`), and are
+redacted from deployment logs."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from dataclasses import field
+
+from django.db import transaction
+
+from config.errors import Conflict
+from config.errors import Unprocessable
+from platform_apps import crypto
+from platform_apps.models import Addon
+from platform_apps.models import App
+from platform_apps.models import ConfigVar
+from platform_apps.models import Deployment
+
+logger = logging.getLogger(__name__)
+
+KEY_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+KEY_MAX_LENGTH = 64
+VALUE_MAX_BYTES = 32 * 1024
+MAX_VARS_PER_APP = 100
+# Set by the platform or the runtime; a tenant overriding them would break or escape the sandbox.
+RESERVED_KEYS = frozenset(
+    {"PORT", "PATH", "HOME", "HOSTNAME", "PWD", "SHLVL", "PYTHONHOME", "VIRTUAL_ENV", "LD_PRELOAD", "LD_LIBRARY_PATH"}
+)
+RESERVED_PREFIXES = ("COLTSFOOT_",)
+ADDON_OWNED_KEYS = frozenset({"DATABASE_URL"})
+
+
+def _refuse(code: str, message: str, key: str) -> Unprocessable:
+    return Unprocessable(code, message, details={"key": key})
+
+
+def validate_key(key: str, *, addon_owned: frozenset[str]) -> None:
+    if not isinstance(key, str) or not key or len(key) > KEY_MAX_LENGTH or not KEY_RE.fullmatch(key):
+        raise _refuse(
+            "config.invalid_key",
+            f"Config var names are 1-{KEY_MAX_LENGTH} characters of A-Z, 0-9 and _, not starting with a digit.",
+            str(key)[:KEY_MAX_LENGTH],
+        )
+    if key in RESERVED_KEYS or key.startswith(RESERVED_PREFIXES):
+        raise _refuse("config.reserved_key", f"{key} is set by the platform and cannot be changed.", key)
+    if key in addon_owned:
+        raise _refuse("config.reserved_key", f"{key} is managed by the app's PostgreSQL add-on.", key)
+
+
+def validate_value(key: str, value: str) -> None:
+    if len(value.encode()) > VALUE_MAX_BYTES:
+        raise _refuse("config.value_too_large", f"The value of {key} is over {VALUE_MAX_BYTES // 1024} KiB.", key)
+    if "\x00" in value:
+        raise _refuse("config.invalid_value", f"The value of {key} contains a NUL byte.", key)
+
+
+def addon_owned_keys(app: App) -> frozenset[str]:
+    has_addon = Addon.objects.filter(app=app).exclude(state=Addon.State.DEPROVISIONING).exists()
+    return ADDON_OWNED_KEYS if has_addon else frozenset()
+
+
+def config_get(app: App) -> tuple[dict[str, str], list[str]]:
+    plain: dict[str, str] = {}
+    secrets: list[str] = []
+    for var in ConfigVar.objects.filter(app=app):
+        if var.secret:
+            secrets.append(var.key)
+        else:
+            plain[var.key] = crypto.decrypt(var.value_encrypted)
+    return plain, secrets
+
+
+@transaction.atomic
+def config_patch(*, app: App, plain: dict[str, str | None], secrets: dict[str, str | None]) -> Deployment | None:
+    """Apply the changes (None deletes) and, if the app has a live deployment, queue a release
+    of the same image with the new environment. Returns that release, or None."""
+    if app.state != App.State.ACTIVE:
+        raise Conflict("app.deleting", "This app is being deleted.")
+    both = sorted(set(plain) & set(secrets))
+    if both:
+        raise _refuse("config.duplicate_key", f"{both[0]} is given both as a var and as a secret.", both[0])
+    owned = addon_owned_keys(app)
+    for key, value in [*plain.items(), *secrets.items()]:
+        validate_key(key, addon_owned=owned)
+        if value is not None:
+            validate_value(key, value)
+    changed = _apply(app, plain, secret=False) | _apply(app, secrets, secret=True)
+    if ConfigVar.objects.filter(app=app).count() > MAX_VARS_PER_APP:
+        raise Unprocessable("config.too_many", f"An app may have at most {MAX_VARS_PER_APP} config vars.")
+    if changed:
+        logger.info(
+            "config changed",
+            extra={"tenant_id": str(app.tenant.public_id), "app_id": str(app.public_id), "keys": sorted(changed)},
+        )
+    return release_current(app) if changed else None
+
+
+def _apply(app: App, changes: dict[str, str | None], *, secret: bool) -> set[str]:
+    changed: set[str] = set()
+    for key, value in changes.items():
+        if value is None:
+            if ConfigVar.objects.filter(app=app, key=key).delete()[0]:
+                changed.add(key)
+            continue
+        existing = ConfigVar.objects.filter(app=app, key=key).first()
+        if existing is not None and existing.secret == secret and crypto.decrypt(existing.value_encrypted) == value:
+            continue
+        ConfigVar.objects.update_or_create(
+            app=app, key=key, defaults={"value_encrypted": crypto.encrypt(value), "secret": secret}
+        )
+        changed.add(key)
+    return changed
+
+
+def release_current(app: App) -> Deployment | None:
+    """A new deployment of the live image with the current config (zero downtime, like any deploy)."""
+    from platform_apps.deployments import deployment_create_release
+
+    live = Deployment.objects.filter(pk=app.live_deployment_id).first() if app.live_deployment_id else None
+    if live is None:
+        return None
+    return deployment_create_release(app=app, source=live)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    plain: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_for_runtime(app: App) -> RuntimeConfig:
+    """Decrypted config for a container start, including the add-on's DATABASE_URL as a secret."""
+    plain: dict[str, str] = {}
+    secrets: dict[str, str] = {}
+    for var in ConfigVar.objects.filter(app=app):
+        (secrets if var.secret else plain)[var.key] = crypto.decrypt(var.value_encrypted)
+    addon = Addon.objects.filter(app=app, state=Addon.State.READY).first()
+    if addon is not None:
+        from provisioning.addons import database_url
+
+        secrets["DATABASE_URL"] = database_url(addon)
+    return RuntimeConfig(plain=plain, secrets=secrets)
