@@ -35,7 +35,7 @@ unit: deps
 	@$(WITH_ENV) uv run --frozen pytest tests/unit -n $(PYTEST_WORKERS) -q
 
 integration: base-image
-	@$(WITH_ENV) uv run --frozen pytest tests/integration -n $(PYTEST_WORKERS) -q -m integration
+	@$(WITH_ENV) uv run --frozen pytest tests/integration -n $(PYTEST_WORKERS) --dist loadfile -q -m integration
 
 test: lint typecheck unit integration
 

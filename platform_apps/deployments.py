@@ -123,7 +123,7 @@ def deployment_create_from_payload(*, app: App, payload: SourceDeployIn) -> Depl
                 "source.registry_not_allowed",
                 f"Images can be pulled from {', '.join(settings.IMAGE_ALLOWED_REGISTRIES)} only.",
             )
-        return _insert(app, source_kind=Deployment.SourceKind.IMAGE, source_url=payload.image)
+        return _insert(app, source_kind=Deployment.SourceKind.IMAGE, source_url=payload.image, own_image=True)
     assert payload.git is not None  # noqa: S101 - the schema guarantees one of the two
     from provisioning.pipeline import git_validate
 
@@ -149,6 +149,7 @@ def deployment_create_rollback(*, app: App, target: Deployment) -> Deployment:
         source_deployment=target,
         image_ref=target.image_ref,
         image_id=target.image_id,
+        own_image=target.own_image,
         web_command=target.web_command,
         release_command=target.release_command,
     )
@@ -163,6 +164,7 @@ def deployment_create_release(*, app: App, source: Deployment) -> Deployment:
         source_deployment=source,
         image_ref=source.image_ref,
         image_id=source.image_id,
+        own_image=source.own_image,
         web_command=source.web_command,
         release_command=source.release_command,
     )

@@ -98,6 +98,8 @@ class Deployment(auto_prefetch.Model):
     )
     image_ref = models.CharField(max_length=512, blank=True, default="")
     image_id = models.CharField(max_length=128, blank=True, default="")
+    # The tenant's own image (not one we built): run as is with /bin/sh, not from /app/src.
+    own_image = models.BooleanField(default=False)
     web_command = models.TextField(blank=True, default="")
     release_command = models.TextField(blank=True, default="")
     error_code = models.CharField(max_length=64, blank=True, default="")

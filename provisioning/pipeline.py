@@ -9,6 +9,7 @@ podman or Caddy is called: every state change is a single conditional UPDATE.
 from __future__ import annotations
 
 import logging
+import shlex
 import shutil
 import time
 import uuid
@@ -132,10 +133,15 @@ def _sandbox_spec(
     secret_env: dict[str, str] | None = None,
     mounts: tuple[tuple[str, str, bool], ...] = (),
     read_only: bool = True,
-    workdir: str = "/app/src",
+    workdir: str | None = None,
 ) -> podman.ContainerSpec:
     app = deployment.app
     uid = app.tenant.linux_uid
+    # Built images have bash and the app in /app/src; a tenant's own image only promises /bin/sh.
+    own_image = deployment.source_kind == Deployment.SourceKind.IMAGE or (
+        deployment.source_deployment_id is not None
+        and deployment.source_deployment.source_kind == Deployment.SourceKind.IMAGE
+    )
     return podman.ContainerSpec(
         name=name,
         image=image,
@@ -151,7 +157,8 @@ def _sandbox_spec(
         labels=labels_for(deployment, role),
         mounts=mounts,
         read_only=read_only,
-        workdir=workdir,
+        workdir=workdir or ("/" if own_image else "/app/src"),
+        shell_path="/bin/sh" if own_image else "/bin/bash",
     )
 
 
@@ -259,7 +266,16 @@ def pull(deployment: Deployment) -> Built:
     log_append(deployment, output)
     image_ref = app_image_ref(deployment.public_id)
     podman.image_tag(ref, image_ref)
-    return Built(image_ref=image_ref, image_id=podman.image_id(image_ref), web_command="", release_command="")
+    command = podman.image_command(image_ref)
+    if not command:
+        raise UserError("image.no_command", "The image has neither ENTRYPOINT nor CMD; there is nothing to run.")
+    # The image's own command, exec'd by /bin/sh (which the image must have) so it gets signals.
+    return Built(
+        image_ref=image_ref,
+        image_id=podman.image_id(image_ref),
+        web_command="exec " + shlex.join(command),
+        release_command="",
+    )
 
 
 # --- Runtime environment --------------------------------------------------------------------

@@ -390,6 +390,11 @@ def image_inspect_id_argv(ref: str) -> list[str]:
     return ["image", "inspect", "--format", "{{.Id}}", ref]
 
 
+def image_inspect_config_argv(ref: str) -> list[str]:
+    _check_ref(ref)
+    return ["image", "inspect", "--format", "{{json .Config}}", ref]
+
+
 def pull_argv(ref: str, tls_verify: bool) -> list[str]:
     _check_ref(ref)
     return ["pull", "--quiet", f"--tls-verify={'true' if tls_verify else 'false'}", ref]
@@ -706,6 +711,14 @@ def image_exists(ref: str) -> bool:
 
 def image_id(ref: str) -> str:
     return run(image_inspect_id_argv(ref)).strip()
+
+
+def image_command(ref: str) -> list[str]:
+    """The image's own ENTRYPOINT + CMD, which an image deploy runs as its web process."""
+    config = json.loads(run(image_inspect_config_argv(ref)) or "{}") or {}
+    entrypoint = config.get("Entrypoint") or []
+    cmd = config.get("Cmd") or []
+    return [str(part) for part in [*entrypoint, *cmd]]
 
 
 def image_pull(ref: str, tls_verify: bool = True, *, timeout: float | None = None) -> str:
