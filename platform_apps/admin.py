@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest
 
+from platform_apps.models import Addon
 from platform_apps.models import App
+from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
+from platform_apps.models import WebhookDelivery
 
 
 @admin.register(App)
@@ -53,3 +57,40 @@ class DeploymentAdmin(admin.ModelAdmin[Deployment]):
         "finished_at",
     ]
     inlines = [ReplicaInline]
+
+
+@admin.register(ConfigVar)
+class ConfigVarAdmin(admin.ModelAdmin[ConfigVar]):
+    """Keys and kinds only: values are encrypted, and secret ones are write-only everywhere."""
+
+    list_display = ["key", "app", "secret", "updated_at"]
+    list_filter = ["secret", "updated_at"]
+    search_fields = ["key", "app__name", "app__tenant__slug"]
+    list_select_related = ["app", "app__tenant"]
+    fields = ["app", "key", "secret", "created_at", "updated_at"]
+    readonly_fields = ["app", "key", "secret", "created_at", "updated_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Addon)
+class AddonAdmin(admin.ModelAdmin[Addon]):
+    list_display = ["database_name", "app", "state", "error_code", "created_at", "updated_at"]
+    list_filter = ["state", "created_at"]
+    search_fields = ["public_id", "database_name", "role_name", "app__name", "app__tenant__slug"]
+    list_select_related = ["app", "app__tenant"]
+    fields = ["public_id", "app", "state", "role_name", "database_name", "error_code", "error_message", "created_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
+    list_display = ["delivery_id", "app", "deployment", "created_at"]
+    list_filter = ["created_at"]
+    search_fields = ["delivery_id", "app__name", "app__tenant__slug"]
+    list_select_related = ["app", "app__tenant", "deployment", "deployment__app"]
+    readonly_fields = ["app", "delivery_id", "signature_digest", "deployment", "created_at"]
