@@ -101,26 +101,45 @@ def config_patch(*, app: App, plain: dict[str, str | None], secrets: dict[str, s
 
 
 def _apply(app: App, changes: dict[str, str | None], *, secret: bool) -> set[str]:
-    changed: set[str] = set()
+    """Write one kind of change with a fixed number of reads, whatever the number of keys."""
+    existing = {var.key: var for var in ConfigVar.objects.filter(app=app, key__in=list(changes))}
+    changed = {key for key, value in changes.items() if value is None and key in existing}
+    if changed:
+        ConfigVar.objects.filter(app=app, key__in=changed).delete()
+    to_create = []
     for key, value in changes.items():
         if value is None:
-            if ConfigVar.objects.filter(app=app, key=key).delete()[0]:
-                changed.add(key)
             continue
-        existing = ConfigVar.objects.filter(app=app, key=key).first()
-        if existing is not None and existing.secret == secret and crypto.decrypt(existing.value_encrypted) == value:
+        var = existing.get(key)
+        if var is None:
+            to_create.append(ConfigVar(app=app, key=key, value_encrypted=crypto.encrypt(value), secret=secret))
+        elif var.secret != secret or crypto.decrypt(var.value_encrypted) != value:
+            var.value_encrypted = crypto.encrypt(value)
+            var.secret = secret
+            var.save(update_fields=["value_encrypted", "secret", "updated_at"])
+        else:
             continue
-        ConfigVar.objects.update_or_create(
-            app=app, key=key, defaults={"value_encrypted": crypto.encrypt(value), "secret": secret}
-        )
         changed.add(key)
+    ConfigVar.objects.bulk_create(to_create)
     return changed
 
 
 def release_current(app: App) -> Deployment | None:
-    """A new deployment of the live image with the current config (zero downtime, like any deploy)."""
+    """Make the new config take effect with zero downtime, without undoing a deploy in flight.
+
+    A deploy that has not started its containers yet reads the config when it does, so it is
+    the answer. One that is starting may have read the old config: release its (built) image
+    again; newest intent wins, so the release replaces it. Otherwise re-release the live image.
+    """
     from platform_apps.deployments import deployment_create_release
 
+    in_flight: Deployment | None = (
+        Deployment.objects.filter(app=app, state__in=Deployment.ACTIVE_STATES).order_by("-number").first()
+    )
+    if in_flight is not None and in_flight.state in (Deployment.State.QUEUED, Deployment.State.BUILDING):
+        return in_flight
+    if in_flight is not None and in_flight.image_ref:
+        return deployment_create_release(app=app, source=in_flight)
     live = Deployment.objects.filter(pk=app.live_deployment_id).first() if app.live_deployment_id else None
     if live is None:
         return None
