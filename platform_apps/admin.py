@@ -80,7 +80,7 @@ class AddonAdmin(admin.ModelAdmin[Addon]):
     list_filter = ["state", "created_at"]
     search_fields = ["public_id", "database_name", "role_name", "app__name", "app__tenant__slug"]
     list_select_related = ["app", "app__tenant"]
-    fields = ["public_id", "app", "state", "role_name", "database_name", "error_code", "error_message", "created_at"]
+    fields = ("public_id", "app", "state", "role_name", "database_name", "error_code", "error_message", "created_at")
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -5,6 +5,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 from typing import Any
+from typing import cast
 
 from ninja import Schema
 from pydantic import ConfigDict
@@ -60,7 +61,7 @@ class AppOut(Schema):
 
     @staticmethod
     def resolve_id(obj: Any) -> uuid.UUID:
-        return obj.public_id  # type: ignore[no-any-return]
+        return cast(uuid.UUID, obj.public_id)
 
     @staticmethod
     def resolve_cpus(obj: Any) -> float:
@@ -113,11 +114,11 @@ class DeploymentOut(Schema):
 
     @staticmethod
     def resolve_id(obj: Any) -> uuid.UUID:
-        return obj.public_id  # type: ignore[no-any-return]
+        return cast(uuid.UUID, obj.public_id)
 
     @staticmethod
     def resolve_app_id(obj: Any) -> uuid.UUID:
-        return obj.app.public_id  # type: ignore[no-any-return]
+        return cast(uuid.UUID, obj.app.public_id)
 
     @staticmethod
     def resolve_image(obj: Any) -> str | None:
@@ -207,11 +208,11 @@ class AddonOut(Schema):
 
     @staticmethod
     def resolve_id(obj: Any) -> uuid.UUID:
-        return obj.public_id  # type: ignore[no-any-return]
+        return cast(uuid.UUID, obj.public_id)
 
     @staticmethod
     def resolve_app_id(obj: Any) -> uuid.UUID:
-        return obj.app.public_id  # type: ignore[no-any-return]
+        return cast(uuid.UUID, obj.app.public_id)
 
     @staticmethod
     def resolve_database(obj: Any) -> str:

@@ -135,7 +135,7 @@ def _finish_rootfs(rootfs: Path) -> None:
 
 def _run(argv: list[str], *, what: str) -> None:
     try:
-        subprocess.run(  # noqa: S603 - argument list, no shell
+        subprocess.run(
             argv,
             check=True,
             capture_output=True,
@@ -171,7 +171,7 @@ def _remove_scratch(workdir: Path) -> None:
     for point in _mounts_under(workdir):
         logger.warning("unmounting leftover %s", point)
         try:
-            subprocess.run(  # noqa: S603 - argument list, no shell
+            subprocess.run(
                 ["umount", "--lazy", point],  # noqa: S607 - util-linux, on PATH
                 check=True,
                 capture_output=True,

@@ -465,7 +465,7 @@ class _Runner:
         if remaining <= 0:
             raise GitCloneError(f"Fetching the repository took longer than {self.timeout:g} seconds.")
         try:
-            result = subprocess.run(  # noqa: S603 - argument list; URL and ref validated, '--' before them
+            result = subprocess.run(
                 argv,
                 check=True,
                 capture_output=True,

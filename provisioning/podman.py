@@ -499,7 +499,7 @@ def run(args: list[str], *, timeout: float | None = None, stdin: str | None = No
         logger.info("podman %s", " ".join(shown))
     try:
         if stdin is None:
-            completed = subprocess.run(  # noqa: S603 - argument list, no shell
+            completed = subprocess.run(
                 argv,
                 check=True,
                 capture_output=True,
@@ -508,7 +508,7 @@ def run(args: list[str], *, timeout: float | None = None, stdin: str | None = No
                 stdin=subprocess.DEVNULL,
             )
         else:
-            completed = subprocess.run(  # noqa: S603 - argument list, no shell
+            completed = subprocess.run(
                 argv,
                 check=True,
                 capture_output=True,

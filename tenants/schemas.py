@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Annotated
 from typing import Any
 from typing import Literal
+from typing import cast
 
 from ninja import Schema
 from pydantic import ConfigDict
@@ -42,7 +43,7 @@ class TokenOut(Schema):
 
     @staticmethod
     def resolve_id(obj: Any) -> uuid.UUID:
-        return obj.public_id  # type: ignore[no-any-return]
+        return cast(uuid.UUID, obj.public_id)
 
     @staticmethod
     def resolve_app_id(obj: Any) -> uuid.UUID | None:
