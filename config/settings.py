@@ -137,6 +137,8 @@ X_FRAME_OPTIONS = "DENY"
 
 # --- Coltsfoot ---------------------------------------------------------------------------------
 API_BIND = env_str("COLTSFOOT_API_BIND", "127.0.0.1:8000")
+# How clients reach the API (for URLs the API hands out, e.g. an app's webhook URL).
+API_PUBLIC_URL = env_str("COLTSFOOT_API_PUBLIC_URL", f"http://{API_BIND}").rstrip("/")
 APPS_DOMAIN = env_str("COLTSFOOT_APPS_DOMAIN", "localhost")
 EDGE_LISTEN = env_str("COLTSFOOT_EDGE_LISTEN", "127.0.0.1:8080")
 EDGE_PUBLIC_URL_TEMPLATE = env_str("COLTSFOOT_EDGE_URL_TEMPLATE", "http://{host}:8080/")

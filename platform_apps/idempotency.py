@@ -1,11 +1,14 @@
 """`Idempotency-Key` for creating POSTs: the same key and body within 24 h get the original
 response; the same key with another body is 422; a retry while the first is running is 409.
 
-Implemented as middleware around the API so it sees the rendered response, scoped per tenant.
+Implemented as middleware around the API so it sees the rendered response. Records belong to
+the token that made the request, so a weaker token of the same tenant can never replay a
+stronger one's response, and stored bodies are encrypted (they may hold a minted token).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import re
@@ -20,6 +23,7 @@ from django.http import HttpResponse
 from django.utils import timezone
 
 from config.errors import error_response
+from platform_apps import crypto
 from platform_apps.models import IdempotencyRecord
 from tenants.auth import TokenAuth
 from tenants.models import ApiToken
@@ -86,16 +90,12 @@ class IdempotencyMiddleware:
         except RequestDataTooBig:
             return self.get_response(request)
         now = timezone.now()
-        IdempotencyRecord.objects.filter(tenant_id=token.tenant_id, key=key, created_at__lt=now - TTL).delete()
+        IdempotencyRecord.objects.filter(token=token, key=key, created_at__lt=now - TTL).delete()
         try:
             with transaction.atomic():
-                record = IdempotencyRecord.objects.create(
-                    tenant_id=token.tenant_id, key=key, fingerprint=request_fingerprint
-                )
+                record = IdempotencyRecord.objects.create(token=token, key=key, fingerprint=request_fingerprint)
         except IntegrityError:
-            existing: IdempotencyRecord | None = IdempotencyRecord.objects.filter(
-                tenant_id=token.tenant_id, key=key
-            ).first()
+            existing: IdempotencyRecord | None = IdempotencyRecord.objects.filter(token=token, key=key).first()
             if existing is None:  # expired and purged between the two queries
                 return error_response(409, "idempotency.in_progress", "A request with this key is in progress.")
             if existing.fingerprint != request_fingerprint:
@@ -106,14 +106,17 @@ class IdempotencyMiddleware:
                 )
             if existing.status_code == 0:
                 return error_response(409, "idempotency.in_progress", "A request with this key is still running.")
-            replay = HttpResponse(bytes(existing.body), status=existing.status_code, content_type=existing.content_type)
+            body = base64.b64decode(crypto.decrypt(existing.body_encrypted))
+            replay = HttpResponse(body, status=existing.status_code, content_type=existing.content_type)
             replay["Idempotent-Replayed"] = "true"
             return replay
         response = self.get_response(request)
         body = response.content if not response.streaming else b""
         if 200 <= response.status_code < 300 and len(body) <= STORE_MAX_BYTES:
             IdempotencyRecord.objects.filter(pk=record.pk).update(
-                status_code=response.status_code, content_type=response.get("Content-Type", ""), body=body
+                status_code=response.status_code,
+                content_type=response.get("Content-Type", ""),
+                body_encrypted=crypto.encrypt(base64.b64encode(body).decode()),
             )
         else:
             # Failures are not remembered: the client may fix the request and retry with the key.

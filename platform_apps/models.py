@@ -59,6 +59,10 @@ class App(auto_prefetch.Model):
     def url(self) -> str:
         return str(settings.EDGE_PUBLIC_URL_TEMPLATE).format(host=self.hostname)
 
+    @property
+    def webhook_url(self) -> str:
+        return f"{settings.API_PUBLIC_URL}/api/v1/hooks/apps/{self.public_id}/deploy"
+
 
 class Deployment(auto_prefetch.Model):
     class State(models.TextChoices):
@@ -111,7 +115,6 @@ class Deployment(auto_prefetch.Model):
     # stops. A stale lease means the worker died; the reconciler then queues the task again.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     lease_owner = models.CharField(max_length=64, blank=True, default="")
-    idempotency_key = models.CharField(max_length=255, blank=True, default="")
     delivery_id = models.CharField(max_length=128, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -237,21 +240,22 @@ class WebhookDelivery(auto_prefetch.Model):
 
 
 class IdempotencyRecord(auto_prefetch.Model):
-    """The first response to a creating POST sent with an `Idempotency-Key`, replayed for 24 h."""
+    """The first response to a creating POST sent with an `Idempotency-Key`, replayed for 24 h to
+    the same token only. The body is encrypted: it can hold a freshly minted token or secret."""
 
-    tenant = auto_prefetch.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    token = auto_prefetch.ForeignKey("tenants.ApiToken", on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64, help_text="sha256 of method, path and body.")
     status_code = models.PositiveSmallIntegerField(default=0, help_text="0 while the first request runs.")
     content_type = models.CharField(max_length=100, blank=True, default="")
-    body = models.BinaryField(blank=True, default=b"")
+    body_encrypted = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     objects: ClassVar[auto_prefetch.Manager[IdempotencyRecord]] = auto_prefetch.Manager()
 
     class Meta(auto_prefetch.Model.Meta):
         ordering = ["-created_at"]
-        constraints = [models.UniqueConstraint(fields=["tenant", "key"], name="idempotency_key_unique_per_tenant")]
+        constraints = [models.UniqueConstraint(fields=["token", "key"], name="idempotency_key_unique_per_token")]
         indexes = [models.Index(fields=["created_at"])]
 
     def __str__(self) -> str:

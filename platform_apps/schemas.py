@@ -72,10 +72,6 @@ class AppOut(Schema):
         return obj.live_deployment.public_id if obj.live_deployment_id else None
 
     @staticmethod
-    def resolve_webhook_url(obj: Any) -> str:
-        return f"/api/v1/hooks/apps/{obj.public_id}/deploy"
-
-    @staticmethod
     def resolve_has_webhook_secret(obj: Any) -> bool:
         return bool(obj.webhook_secret_encrypted)
 

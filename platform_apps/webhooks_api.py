@@ -55,7 +55,13 @@ def webhook_secret_rotate(request: HttpRequest, app_id: uuid.UUID) -> dict[str, 
     secret = "whsec_" + secrets.token_urlsafe(32)
     App.objects.filter(pk=app.pk).update(webhook_secret_encrypted=crypto.encrypt(secret))
     logger.info("webhook secret rotated", extra={"tenant_id": str(app.tenant.public_id), "app_id": str(app.public_id)})
-    return {"secret": secret, "webhook_url": f"/api/v1/hooks/apps/{app.public_id}/deploy"}
+    return {"secret": secret, "webhook_url": app.webhook_url}
+
+
+def _too_many(retry_after: int) -> HttpResponse:
+    response = error_response(429, "rate_limited", "Too many webhook calls for this app; slow down.")
+    response["Retry-After"] = str(retry_after)
+    return response
 
 
 def _unauthorized() -> ApiError:
@@ -103,11 +109,13 @@ def webhook_deploy(request: HttpRequest, app_id: uuid.UUID) -> Status[Deployment
     app: App | None = App.objects.select_related("tenant").filter(public_id=app_id).first()
     if app is None or not app.webhook_secret_encrypted:
         raise _unauthorized()
-    retry_after = hit(f"webhook:{app.public_id}", limit=int(settings.WEBHOOK_RATE_LIMIT_PER_MINUTE))
+    # Refused calls have a bucket of their own: anyone who knows the URL can send garbage, and
+    # that must not use up the budget of the CI pipeline holding the real secret.
+    retry_after = hit(
+        f"webhook-refused:{app.public_id}", limit=10 * int(settings.WEBHOOK_RATE_LIMIT_PER_MINUTE), count=False
+    )
     if retry_after is not None:
-        response = error_response(429, "rate_limited", "Too many webhook calls for this app; slow down.")
-        response["Retry-After"] = str(retry_after)
-        return response
+        return _too_many(retry_after)
     body = _read_body(request)
     secret = crypto.decrypt(app.webhook_secret_encrypted).encode()
     headers = request.headers
@@ -124,7 +132,11 @@ def webhook_deploy(request: HttpRequest, app_id: uuid.UUID) -> Status[Deployment
             signature = headers[webhooks.SIGNATURE_HEADER]
     except webhooks.WebhookRejected as exc:
         logger.info("webhook refused", extra={"app_id": str(app.public_id), "reason": exc.reason})
+        hit(f"webhook-refused:{app.public_id}", limit=10 * int(settings.WEBHOOK_RATE_LIMIT_PER_MINUTE))
         raise _unauthorized() from exc
+    retry_after = hit(f"webhook:{app.public_id}", limit=int(settings.WEBHOOK_RATE_LIMIT_PER_MINUTE))
+    if retry_after is not None:
+        return _too_many(retry_after)
     context = {"tenant_id": str(app.tenant.public_id), "app_id": str(app.public_id), "delivery_id": delivery_id}
     if not app.tenant.is_active:
         raise Forbidden("tenant.suspended", "This tenant is suspended.")

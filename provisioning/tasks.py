@@ -296,7 +296,10 @@ def reconcile() -> dict[str, int]:
     for app_id in deleting:
         app_teardown.delay(app_id)
     addon_count = addons.addons_requeue_stalled()
-    return {"deployments": len(deployments), "apps": len(deleting), "addons": addon_count}
+    from platform_apps.idempotency import purge_expired
+
+    purged = purge_expired()
+    return {"deployments": len(deployments), "apps": len(deleting), "addons": addon_count, "idempotency": purged}
 
 
 @worker_ready.connect
