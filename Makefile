@@ -49,4 +49,4 @@ status:
 	@$(WITH_ENV) scripts/stack.sh status
 
 bench: base-image
-	@$(WITH_ENV) uv run --frozen python bench/deploy.py
+	@$(WITH_ENV) uv run --frozen python -m bench.deploy

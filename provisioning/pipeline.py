@@ -138,10 +138,7 @@ def _sandbox_spec(
     app = deployment.app
     uid = app.tenant.linux_uid
     # Built images have bash and the app in /app/src; a tenant's own image only promises /bin/sh.
-    own_image = deployment.source_kind == Deployment.SourceKind.IMAGE or (
-        deployment.source_deployment_id is not None
-        and deployment.source_deployment.source_kind == Deployment.SourceKind.IMAGE
-    )
+    own_image = deployment.own_image
     return podman.ContainerSpec(
         name=name,
         image=image,
@@ -234,16 +231,22 @@ def build(deployment: Deployment) -> Built:
             )
         base_id = podman.image_id(str(settings.BASE_IMAGE))
         files = buildpack.dependency_files(src, spec)
-        deps_ref = f"{DEPS_IMAGE_REPO}:{buildpack.dependency_key(files, base_id)[:32]}"
+        # Per tenant: installing dependencies runs code from the packages, so one tenant's
+        # dependency layer is never handed to another, even for identical requirements.
+        scope = f"{base_id}:tenant={deployment.app.tenant.public_id}"
+        deps_ref = buildpack.dependency_image(buildpack.dependency_key(files, scope))
         network_ensure(deployment)
         if podman.image_exists(deps_ref):
             step(deployment, "Dependencies unchanged: reusing the cached dependency layer")
         else:
             _install_dependencies(deployment, spec, src, deps_ref)
         containerfile = deployment.build_dir / "Containerfile"
-        containerfile.write_text(buildpack.containerfile(deps_ref))
+        labels = labels_for(deployment, "image")
+        # One LABEL instruction: podman turns each --label flag into a layer of its own.
+        label_line = "LABEL " + " ".join(f"{key}={value}" for key, value in sorted(labels.items()))
+        containerfile.write_text(buildpack.containerfile(deps_ref) + label_line + "\n")
         step(deployment, "Building the app image")
-        output = podman.image_build(str(src), str(containerfile), image_ref, labels=labels_for(deployment, "image"))
+        output = podman.image_build(str(src), str(containerfile), image_ref)
         log_append(deployment, output)
     return Built(
         image_ref=image_ref,
@@ -261,7 +264,7 @@ def pull(deployment: Deployment) -> Built:
         output = podman.image_pull(ref, tls_verify=bool(settings.IMAGE_PULL_TLS_VERIFY))
     except podman.PodmanError as exc:
         if exc.transient:
-            raise PlatformError("image.pull_failed", "Pulling the image failed; retrying.", transient=True) from exc
+            raise PlatformError("image.pull_failed", f"The image {ref} could not be pulled.", transient=True) from exc
         raise UserError("image.pull_failed", f"The image {ref} could not be pulled.") from exc
     log_append(deployment, output)
     image_ref = app_image_ref(deployment.public_id)
@@ -444,15 +447,22 @@ def route_switch(deployment: Deployment, upstreams: list[str]) -> bool:
 
 
 def retire_previous(deployment: Deployment) -> None:
-    previous = Deployment.objects.filter(
+    """Supersede the app's older live deployment and remove the replicas of every older one that
+    still has some. Replica rows go only once their containers are gone, so a run that died
+    halfway is finished by the next one (the task's retry, or the reconciler's sweep)."""
+    Deployment.objects.filter(
         app_id=deployment.app_id, state=Deployment.State.LIVE, number__lt=deployment.number
-    ).select_related("app", "app__tenant")
-    for old in previous:
-        if Deployment.objects.filter(pk=old.pk, state=Deployment.State.LIVE).update(
-            state=Deployment.State.SUPERSEDED, finished_at=timezone.now()
-        ):
-            remove_containers(old, graceful=True)
-            logger.info("deployment superseded", extra=log_context(old))
+    ).update(state=Deployment.State.SUPERSEDED, finished_at=timezone.now())
+    leftovers = (
+        Deployment.objects.filter(app_id=deployment.app_id, number__lt=deployment.number, replicas__isnull=False)
+        .exclude(state__in=Deployment.ACTIVE_STATES)
+        .exclude(state=Deployment.State.LIVE)
+        .select_related("app", "app__tenant")
+        .distinct()
+    )
+    for old in leftovers:
+        remove_containers(old, graceful=True)
+        logger.info("retired replicas of a superseded deployment", extra=log_context(old))
 
 
 def cleanup_build_dir(deployment: Deployment) -> None:

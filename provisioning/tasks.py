@@ -209,14 +209,23 @@ def drive(deployment_id: uuid.UUID) -> None:
         return
     _transition(deployment, State.STARTING, State.LIVE, finished_at=timezone.now())
     pipeline.step(deployment, f"Live at {deployment.app.url}")
-    pipeline.retire_previous(deployment)
     pipeline.cleanup_build_dir(deployment)
+    pipeline.retire_previous(deployment)
 
 
 @shared_task(bind=True, name="coltsfoot.deployment_run", max_retries=MAX_RETRIES)
 def deployment_run(self: Task[Any, Any], deployment_id: str) -> None:
     did = uuid.UUID(deployment_id)
     deployment = _load(did)
+    if deployment is not None and deployment.state == State.LIVE:
+        # Going live happened; retiring the previous deployment may not have finished.
+        try:
+            pipeline.retire_previous(deployment)
+        except Exception as exc:
+            if is_transient(exc) and self.request.retries < MAX_RETRIES:
+                raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries)) from exc
+            raise
+        return
     if deployment is None or deployment.state in Deployment.FINAL_STATES:
         return
     owner = str(self.request.id or uuid.uuid4())
@@ -295,6 +304,14 @@ def reconcile() -> dict[str, int]:
     deleting = [str(pid) for pid in App.objects.filter(state=App.State.DELETING).values_list("public_id", flat=True)]
     for app_id in deleting:
         app_teardown.delay(app_id)
+    # Replicas of finished deployments whose removal was interrupted (the sweep is idempotent).
+    leftovers = (
+        Deployment.objects.filter(state__in=[State.SUPERSEDED, State.FAILED], replicas__isnull=False)
+        .select_related("app", "app__tenant")
+        .distinct()
+    )
+    for deployment in leftovers:
+        pipeline.remove_containers(deployment, graceful=deployment.state == State.SUPERSEDED)
     addon_count = addons.addons_requeue_stalled()
     from platform_apps.idempotency import purge_expired
 

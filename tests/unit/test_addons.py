@@ -365,7 +365,7 @@ def test_eager_run_goes_through_every_retry(
     body = create(owner, app, django_capture_on_commit_callbacks)
     pg.provision.side_effect = PostgresError("connect: 08006", transient=True, sqlstate="08006")
     with mock.patch("provisioning.tasks.backoff_seconds", autospec=True, return_value=0.0):
-        tasks.addon_provision.apply(args=[body["id"]])
+        tasks.addon_provision.apply(args=(body["id"],))
     assert pg.provision.call_count == tasks.MAX_RETRIES + 1
     assert Addon.objects.get(public_id=body["id"]).state == Addon.State.FAILED
     pg.deprovision.assert_called_once()
