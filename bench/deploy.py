@@ -1,6 +1,7 @@
 """Deploy benchmark: how much the platform adds on top of plain podman + gVisor.
 
-Run from the repository root: `uv run python -m bench.deploy [--runs N]` (or `make bench`). It starts a private stack (Redis,
+Run from the repository root: `uv run python -m bench.deploy [--runs N]` (or `make bench`). It starts a
+private stack (Redis,
 Caddy, PostgreSQL, PgBouncer, the API, a Celery worker) in a temp dir with the process managers of the
 integration tests, creates a tenant and a 1-replica app, and measures in one run, on one image:
 
