@@ -83,6 +83,11 @@ def app_update(*, app: App, changes: dict[str, Any]) -> App:
             "app updated",
             extra={"tenant_id": str(app.tenant.public_id), "app_id": str(app.public_id), "fields": fields},
         )
+    if {"replicas", "memory_mb", "cpus"} & set(fields):
+        from platform_apps.config_vars import release_current
+
+        # Scaling takes effect now: the live image is released again with the new size.
+        release_current(app)
     return app
 
 

@@ -132,3 +132,25 @@ def test_health_and_openapi(client: Any):
     spec = client.get("/api/v1/openapi.json").json()
     assert "/api/v1/apps" in spec["paths"]
     assert client.get("/api/v1/docs").status_code == 200
+
+
+def test_scaling_a_live_app_re_releases_it(owner: Actor, django_capture_on_commit_callbacks: Any):
+    from platform_apps.models import Deployment
+
+    app_id = owner.call("POST", "/apps", {"name": "scaled"}).json()["id"]
+    app = App.objects.get(public_id=app_id)
+    live = Deployment.objects.create(
+        app=app, number=1, source_kind="archive", state="live", image_ref="localhost/coltsfoot-app:x", web_command="w"
+    )
+    App.objects.filter(pk=app.pk).update(live_deployment=live)
+    with (
+        mock.patch("provisioning.tasks.deployment_run.delay", autospec=True) as delay,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        assert owner.call("PATCH", f"/apps/{app_id}", {"replicas": 2}).status_code == 200
+        assert owner.call("PATCH", f"/apps/{app_id}", {"deploy_branch": "release"}).status_code == 200
+    release = Deployment.objects.get(app=app, number=2)
+    assert release.source_kind == "release"
+    assert release.image_ref == live.image_ref
+    delay.assert_called_once_with(str(release.public_id))
+    assert Deployment.objects.filter(app=app).count() == 2  # the branch change released nothing
