@@ -21,6 +21,7 @@ from tests.integration.services import PgBouncerServer
 from tests.integration.services import Platform
 from tests.integration.services import PostgresServer
 from tests.integration.services import RedisServer
+from tests.integration.services import RegistryServer
 from tests.integration.services import Service
 from tests.integration.services import ServiceError
 from tests.integration.services import log_sections
@@ -68,6 +69,12 @@ def pgbouncer_server(
 
 
 @pytest.fixture(scope="session")
+def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Generator[RegistryServer]:
+    """A plain-HTTP registry on 127.0.0.1 that the platform may pull from (image deploys)."""
+    yield from _run(RegistryServer(_session_dir(tmp_path_factory, "registry")))
+
+
+@pytest.fixture(scope="session")
 def instance_id() -> str:
     """This session's COLTSFOOT_INSTANCE_ID: the value of the `coltsfoot.instance` label on every podman object
     the platform creates, so teardown removes exactly this session's leftovers."""
@@ -83,6 +90,7 @@ def platform(
     caddy_server: CaddyServer,
     postgres_server: PostgresServer,
     pgbouncer_server: PgBouncerServer,
+    registry_server: RegistryServer,
 ) -> Generator[Platform]:
     """The Coltsfoot stack, migrated, with a Celery worker, beat and the API running.
 
@@ -100,6 +108,7 @@ def platform(
             "COLTSFOOT_RECONCILE_SECONDS": "3",
             "COLTSFOOT_GIT_ALLOW_LOCAL": "1",
             "COLTSFOOT_IMAGE_PULL_TLS_VERIFY": "0",
+            "COLTSFOOT_IMAGE_ALLOWED_REGISTRIES": f"docker.io,ghcr.io,quay.io,{registry_server.host}",
         },
     )
     for started in _run(platform):

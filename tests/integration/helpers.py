@@ -65,3 +65,28 @@ def wait_until(predicate: Any, *, timeout: float, interval: float = 0.5, message
             return
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {message}")
+
+
+def latest_deployment_number(client: httpx.Client, app_id: str) -> int:
+    """The highest deployment number the app has so far (0 if none)."""
+    response = client.get(f"/apps/{app_id}/deployments", params={"limit": 100})
+    assert response.status_code == 200, response.text
+    return max((d["number"] for d in response.json()["items"]), default=0)
+
+
+def wait_for_deployment_after(
+    client: httpx.Client, app_id: str, number: int, states: set[str], *, timeout: float = 300.0
+) -> dict[str, Any]:
+    """Wait for the first deployment numbered above `number` (say, a release the platform queued on its own
+    after a config or add-on change) to reach one of `states`, and return it."""
+    deadline = time.monotonic() + timeout
+    newer: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        items = client.get(f"/apps/{app_id}/deployments", params={"limit": 100}).json()["items"]
+        newer = sorted((d for d in items if d["number"] > number), key=lambda d: d["number"])
+        if newer:
+            break
+        time.sleep(0.5)
+    if not newer:
+        raise AssertionError(f"no deployment after #{number} of app {app_id} within {timeout:.0f}s")
+    return wait_for_deployment(client, newer[0]["id"], states, timeout=max(1.0, deadline - time.monotonic()))

@@ -9,6 +9,7 @@ Deadlines are absolute `time.monotonic()` values (see `deadline_after`) so that 
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import logging
@@ -323,7 +324,7 @@ class ManagedProcess:
             time.sleep(0.1)
 
 
-class Service:
+class Service(abc.ABC):
     """Base for one started service: context manager, log tails for failure reports."""
 
     name = "service"
@@ -331,8 +332,8 @@ class Service:
     def processes(self) -> list[ManagedProcess]:
         return []
 
-    def start(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def start(self) -> None: ...
 
     def stop(self) -> None:
         for process in reversed(self.processes()):
@@ -979,3 +980,45 @@ def log_sections(services: Iterable[Service], lines: int = TAIL_LINES) -> list[t
         for name, text in service.log_tails(lines).items():
             sections.append((f"{name} log (last {lines} lines)", text))
     return sections
+
+
+class RegistryServer(Service):
+    """A plain-HTTP OCI registry on 127.0.0.1 (Debian's `docker-registry`, i.e. distribution v2), storing its
+    blobs in the temp dir. Image-deploy tests push to it with `--tls-verify=false`; the platform is told to
+    allow it and to pull from it without TLS."""
+
+    name = "registry"
+
+    def __init__(self, tmpdir: Path, *, start_timeout: float = 20.0) -> None:
+        self.dir = tmpdir / "registry"
+        self.port = free_port()
+        self.host = f"{LOCALHOST}:{self.port}"
+        self.url = f"http://{self.host}"
+        self.config_path = self.dir / "config.yml"
+        self.start_timeout = start_timeout
+        self.process: ManagedProcess | None = None
+
+    def processes(self) -> list[ManagedProcess]:
+        return [self.process] if self.process is not None else []
+
+    def start(self) -> None:
+        binary = require_binary("docker-registry", "docker-registry")
+        storage = self.dir / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        # JSON is YAML. No auth and no TLS: it listens on loopback only, for this session.
+        config = {
+            "version": 0.1,
+            "log": {"level": "info", "accesslog": {"disabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
+            "http": {"addr": self.host, "secret": secrets.token_urlsafe(24)},
+        }
+        self.config_path.write_text(json.dumps(config))
+        env = {"PATH": _system_path(), "HOME": str(self.dir)}
+        argv = [binary, "serve", str(self.config_path)]
+        self.process = ManagedProcess("registry", argv, self.dir / "registry.log", env=env, cwd=self.dir)
+        started = time.monotonic()
+        self.process.start()
+        wait_for_http(
+            f"{self.url}/v2/", deadline_after(self.start_timeout), process=self.process, ok=lambda status: status == 200
+        )
+        logger.info("registry ready at %s in %.2fs", self.url, time.monotonic() - started)

@@ -40,7 +40,9 @@ def test_caddy_admin_serves_its_config(caddy_server: CaddyServer) -> None:
     assert response.status_code == 200
     config = response.json()
     assert config["admin"]["listen"] == f"127.0.0.1:{caddy_server.admin_port}"
-    assert "apps" not in config  # the platform creates the edge server itself
+    # The fixture configures only the admin endpoint; the edge server is the platform's to create
+    # (other tests of the session may have made it create it by now).
+    assert set(config) <= {"admin", "apps"}
     assert caddy_server.edge_port != caddy_server.admin_port
 
 
