@@ -143,24 +143,20 @@ def deployment_create_rollback(*, app: App, target: Deployment) -> Deployment:
             "rollback.not_deployable",
             "Only a deployment that went live (its image was built and served) can be rolled back to.",
         )
-    return _insert(
-        app,
-        source_kind=Deployment.SourceKind.ROLLBACK,
-        source_deployment=target,
-        image_ref=target.image_ref,
-        image_id=target.image_id,
-        own_image=target.own_image,
-        web_command=target.web_command,
-        release_command=target.release_command,
-    )
+    return _insert_reusing_image(app, target, Deployment.SourceKind.ROLLBACK)
 
 
 def deployment_create_release(*, app: App, source: Deployment) -> Deployment:
-    """Re-release `source`'s image (config change, add-on attached or removed)."""
+    """Re-release `source`'s image (config change, scaling, add-on attached or removed)."""
     _ensure_deployable(app)
+    return _insert_reusing_image(app, source, Deployment.SourceKind.RELEASE)
+
+
+def _insert_reusing_image(app: App, source: Deployment, kind: str) -> Deployment:
+    """A deployment that skips the build: it runs `source`'s image and commands again."""
     return _insert(
         app,
-        source_kind=Deployment.SourceKind.RELEASE,
+        source_kind=kind,
         source_deployment=source,
         image_ref=source.image_ref,
         image_id=source.image_id,

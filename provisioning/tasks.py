@@ -50,6 +50,13 @@ def backoff_seconds(retries: int) -> float:
     return float(step * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not cryptography
 
 
+def retry_if_transient(task: Task[Any, Any], exc: Exception, *, max_retries: int = MAX_RETRIES) -> None:
+    """Raise Celery's Retry, with capped backoff and jitter, for a transient error that has
+    retries left; return for anything else (the caller then fails for good)."""
+    if is_transient(exc) and task.request.retries < max_retries:
+        raise task.retry(exc=exc, countdown=backoff_seconds(min(task.request.retries, 6))) from exc
+
+
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, PlatformError | podman.PodmanError | CaddyError):
         return bool(exc.transient)
@@ -222,8 +229,7 @@ def deployment_run(self: Task[Any, Any], deployment_id: str) -> None:
         try:
             pipeline.retire_previous(deployment)
         except Exception as exc:
-            if is_transient(exc) and self.request.retries < MAX_RETRIES:
-                raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries)) from exc
+            retry_if_transient(self, exc)
             raise
         return
     if deployment is None or deployment.state in Deployment.FINAL_STATES:
@@ -281,8 +287,7 @@ def app_teardown(self: Task[Any, Any], app_id: str) -> None:
             podman.container_remove(name)
         addons.addon_teardown_for_app(app)
     except Exception as exc:
-        if is_transient(exc) and self.request.retries < MAX_RETRIES * 4:
-            raise self.retry(exc=exc, countdown=backoff_seconds(min(self.request.retries, 4))) from exc
+        retry_if_transient(self, exc, max_retries=MAX_RETRIES * 4)
         logger.error("app teardown failed", exc_info=exc, extra=context)
         raise
     App.objects.filter(pk=app.pk, state=App.State.DELETING).delete()
@@ -349,9 +354,8 @@ def addon_provision(self: Task[Any, Any], addon_id: str) -> None:
     try:
         addons.provision(addon)
     except Exception as exc:
-        if is_transient(exc) and self.request.retries < MAX_RETRIES:
-            Addon.objects.filter(pk=addon.pk).update(updated_at=timezone.now())
-            raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries)) from exc
+        Addon.objects.filter(pk=addon.pk).update(updated_at=timezone.now())  # not stalled: the reconciler waits
+        retry_if_transient(self, exc)
         logger.error("postgres add-on provisioning failed", exc_info=exc, extra=addons.log_context(addon))
         # Leave nothing half-made behind; if the cluster is down this fails too, and a later
         # POST (or DELETE) converges, since every step is idempotent by name.
@@ -378,9 +382,8 @@ def addon_deprovision(self: Task[Any, Any], addon_id: str) -> None:
     try:
         addons.deprovision(addon)
     except Exception as exc:
-        if is_transient(exc) and self.request.retries < MAX_RETRIES:
-            Addon.objects.filter(pk=addon.pk).update(updated_at=timezone.now())
-            raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries)) from exc
+        Addon.objects.filter(pk=addon.pk).update(updated_at=timezone.now())  # not stalled: the reconciler waits
+        retry_if_transient(self, exc)
         logger.error("postgres add-on deprovisioning failed", exc_info=exc, extra=addons.log_context(addon))
         raise
     app_pk = addon.app_id
