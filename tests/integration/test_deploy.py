@@ -228,3 +228,11 @@ def test_delete_app_tears_everything_down(platform: Platform, tenant: dict[str, 
     wait_until(lambda: client.get(f"/apps/{app['id']}").status_code == 404, timeout=120, message="app gone")
     assert platform.edge_get(app["url"]).status_code == 404
     assert _app_containers(app["id"]) == []
+
+
+def test_health_and_ready_report_real_dependencies(platform: Platform):
+    client = platform.client()
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"database": True, "broker": True, "caddy": True}}

@@ -154,3 +154,13 @@ def test_scaling_a_live_app_re_releases_it(owner: Actor, django_capture_on_commi
     assert release.image_ref == live.image_ref
     delay.assert_called_once_with(str(release.public_id))
     assert Deployment.objects.filter(app=app).count() == 2  # the branch change released nothing
+
+
+def test_ready_is_503_and_names_the_dependency_that_is_down(db: None, client: Any):
+    with (
+        mock.patch("config.api._check_broker", autospec=True, return_value=True),
+        mock.patch("caddy.client.CaddyClient.ping", autospec=True, return_value=False),
+    ):
+        response = client.get("/api/v1/ready")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "checks": {"database": True, "broker": True, "caddy": False}}
