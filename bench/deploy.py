@@ -483,12 +483,14 @@ class Bench:
     def measure_builds(self) -> None:
         from django.conf import settings
 
+        from provisioning import pipeline  # needs the models, so Django set up first
+
         source = self.source
         base_image = str(settings.BASE_IMAGE)
         probe = self.new_context(source)
         spec = buildpack.detect(probe)
-        deps_key = buildpack.dependency_key(buildpack.dependency_files(probe, spec), podman.image_id(base_image))
-        deps_image = buildpack.dependency_image(deps_key)
+        files = buildpack.dependency_files(probe, spec)
+        deps_image = pipeline.deps_image_ref(uuid.UUID(self.tenant_id), podman.image_id(base_image), files)
         if not podman.image_exists(deps_image):
             raise RuntimeError(f"the platform's dependency image {deps_image} is missing")
         platform_cf = self.workdir / "Containerfile.platform"

@@ -167,11 +167,19 @@ def network_ensure(deployment: Deployment) -> None:
     )
 
 
-def _install_dependencies(deployment: Deployment, spec: buildpack.AppSpec, src: Path, deps_ref: str) -> None:
+def deps_image_ref(tenant_id: uuid.UUID, base_image_id: str, files: dict[str, bytes]) -> str:
+    """The cached dependency layer for these dependency files. Per tenant: installing packages
+    runs their code, so one tenant's layer is never handed to another, even for identical files."""
+    return buildpack.dependency_image(buildpack.dependency_key(files, f"{base_image_id}:tenant={tenant_id}"))
+
+
+def _install_dependencies(
+    deployment: Deployment, spec: buildpack.AppSpec, files: dict[str, bytes], deps_ref: str
+) -> None:
     deps_dir = deployment.build_dir / "deps"
     shutil.rmtree(deps_dir, ignore_errors=True)
     deps_dir.mkdir(parents=True)
-    for name, content in buildpack.dependency_files(src, spec).items():
+    for name, content in files.items():
         (deps_dir / name).write_bytes(content)
     deps_dir.chmod(0o755)
     for child in deps_dir.iterdir():
@@ -231,15 +239,12 @@ def build(deployment: Deployment) -> Built:
             )
         base_id = podman.image_id(str(settings.BASE_IMAGE))
         files = buildpack.dependency_files(src, spec)
-        # Per tenant: installing dependencies runs code from the packages, so one tenant's
-        # dependency layer is never handed to another, even for identical requirements.
-        scope = f"{base_id}:tenant={deployment.app.tenant.public_id}"
-        deps_ref = buildpack.dependency_image(buildpack.dependency_key(files, scope))
+        deps_ref = deps_image_ref(deployment.app.tenant.public_id, base_id, files)
         network_ensure(deployment)
         if podman.image_exists(deps_ref):
             step(deployment, "Dependencies unchanged: reusing the cached dependency layer")
         else:
-            _install_dependencies(deployment, spec, src, deps_ref)
+            _install_dependencies(deployment, spec, files, deps_ref)
         containerfile = deployment.build_dir / "Containerfile"
         labels = labels_for(deployment, "image")
         # One LABEL instruction: podman turns each --label flag into a layer of its own.
