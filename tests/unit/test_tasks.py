@@ -28,24 +28,20 @@ from platform_apps.models import Replica
 from provisioning import pipeline
 from provisioning import podman
 from provisioning import tasks
-from tests.unit.test_pipeline import WEB
-from tests.unit.test_pipeline import FakeContainer
-from tests.unit.test_pipeline import FakePodman
-from tests.unit.test_pipeline import FakeRoutes
-from tests.unit.test_pipeline import _pipeline_settings  # noqa: F401 - autouse fixture
-from tests.unit.test_pipeline import archive_deployment
-from tests.unit.test_pipeline import fake_podman  # noqa: F401 - fixture
-from tests.unit.test_pipeline import http  # noqa: F401 - fixture
-from tests.unit.test_pipeline import make_app
-from tests.unit.test_pipeline import reload
-from tests.unit.test_pipeline import routes  # noqa: F401 - fixture
+from tests.unit.fakes import WEB
+from tests.unit.fakes import FakeContainer
+from tests.unit.fakes import FakePodman
+from tests.unit.fakes import FakeRoutes
+from tests.unit.fakes import archive_deployment
+from tests.unit.fakes import make_app
+from tests.unit.fakes import reload
 
 State = Deployment.State
 GENERIC_MESSAGE = "The platform failed to deploy this; the operators have the details."
 
 
 @pytest.fixture(autouse=True)
-def _seams(db: None, fake_podman: FakePodman, routes: FakeRoutes, http: Any) -> None:  # noqa: F811
+def _seams(db: None, pipeline_settings: None, fake_podman: FakePodman, routes: FakeRoutes, http: Any) -> None:
     """Every test here runs against the fakes, whether it looks at them or not."""
 
 
@@ -98,8 +94,8 @@ def live_deployment_of(app: App) -> Deployment | None:
 
 def test_a_queued_archive_deployment_goes_live(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
-    routes: FakeRoutes,  # noqa: F811
+    fake_podman: FakePodman,
+    routes: FakeRoutes,
     caplog: pytest.LogCaptureFixture,
 ):
     deployment = archive_deployment(app)
@@ -136,8 +132,8 @@ def test_a_queued_archive_deployment_goes_live(
 
 def test_the_next_deployment_supersedes_the_live_one_after_a_graceful_stop(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
-    routes: FakeRoutes,  # noqa: F811
+    fake_podman: FakePodman,
+    routes: FakeRoutes,
 ):
     first = go_live(app)
     first_names = fake_podman.names_of(first)
@@ -161,7 +157,7 @@ def test_the_next_deployment_supersedes_the_live_one_after_a_graceful_stop(
 
 def test_superseding_removes_the_old_deployments_podman_secrets(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     ConfigVar.objects.create(app=app, key="API_TOKEN", value_encrypted=crypto.encrypt("tok-0123456789"), secret=True)
     first = go_live(app)
@@ -174,7 +170,7 @@ def test_superseding_removes_the_old_deployments_podman_secrets(
 
 def test_a_crash_while_retiring_the_previous_deployment_is_finished_on_retry(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     """The new deployment goes live before the previous one is retired. If stopping the old
     replicas fails with a transient error, the task's retry (which finds its deployment live)
@@ -199,8 +195,8 @@ def test_a_crash_while_retiring_the_previous_deployment_is_finished_on_retry(
 
 def test_driving_a_live_deployment_again_changes_nothing(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
-    routes: FakeRoutes,  # noqa: F811
+    fake_podman: FakePodman,
+    routes: FakeRoutes,
 ):
     deployment = go_live(app)
     before = (list(fake_podman.started), list(fake_podman.builds), len(fake_podman.oneoffs), routes.writes)
@@ -215,8 +211,8 @@ def test_driving_a_live_deployment_again_changes_nothing(
 
 def test_a_crash_while_starting_replica_1_resumes_to_exactly_the_replicas(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
-    routes: FakeRoutes,  # noqa: F811
+    fake_podman: FakePodman,
+    routes: FakeRoutes,
 ):
     deployment = archive_deployment(app)
     fake_podman.fail("container_run_detached", pipeline.replica_name(deployment.public_id, 1))
@@ -241,7 +237,7 @@ def test_a_crash_while_starting_replica_1_resumes_to_exactly_the_replicas(
 
 def test_a_crash_after_the_image_was_built_does_not_build_it_again(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     deployment = archive_deployment(app)
     image = pipeline.app_image_ref(deployment.public_id)
@@ -264,7 +260,7 @@ def test_a_crash_after_the_image_was_built_does_not_build_it_again(
 
 def test_a_user_error_fails_at_once_without_retry(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     deployment = archive_deployment(app, {"requirements.txt": "flask\n", "app.py": "app = None\n"})
 
@@ -286,7 +282,7 @@ def test_a_user_error_fails_at_once_without_retry(
 
 def test_a_transient_podman_error_retries_and_keeps_the_lease(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     deployment = archive_deployment(app)
     fake_podman.fail("container_run_detached", pipeline.replica_name(deployment.public_id, 1), transient=True)
@@ -323,8 +319,8 @@ def test_a_transient_podman_error_retries_and_keeps_the_lease(
 
 def test_a_transient_error_after_the_last_retry_fails_with_a_generic_platform_error(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
-    routes: FakeRoutes,  # noqa: F811
+    fake_podman: FakePodman,
+    routes: FakeRoutes,
 ):
     deployment = archive_deployment(app)
     fake_podman.fail("container_run_detached", pipeline.replica_name(deployment.public_id, 1), times=99)
@@ -345,7 +341,7 @@ def test_a_transient_error_after_the_last_retry_fails_with_a_generic_platform_er
 
 def test_a_permanent_podman_error_fails_at_once(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     deployment = archive_deployment(app)
     fake_podman.fail("container_run_detached", pipeline.replica_name(deployment.public_id, 0), transient=False)
@@ -360,7 +356,7 @@ def test_a_permanent_podman_error_fails_at_once(
 
 def test_an_image_deploy_goes_live_with_the_images_own_command(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     deployment = Deployment.objects.create(
         app=app,
@@ -385,7 +381,7 @@ def test_an_image_deploy_goes_live_with_the_images_own_command(
 
 def test_a_pull_that_keeps_failing_does_not_promise_a_retry(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     """After the last retry the failed deployment's message must not promise another retry."""
     ref = "docker.io/library/python:3.13"
@@ -407,7 +403,7 @@ def test_a_pull_that_keeps_failing_does_not_promise_a_retry(
 
 def test_a_fresh_lease_held_elsewhere_means_nothing_is_done(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     deployment = archive_deployment(app)
     now = timezone.now()
@@ -427,7 +423,7 @@ def test_a_fresh_lease_held_elsewhere_means_nothing_is_done(
 def test_a_stale_lease_is_taken_over(
     app: App,
     settings: Any,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     deployment = archive_deployment(app)
     stale = timezone.now() - timedelta(seconds=settings.LEASE_SECONDS + 5)
@@ -449,8 +445,8 @@ def test_a_stale_lease_is_taken_over(
 
 def test_an_older_queued_deployment_is_superseded_without_starting_anything(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
-    routes: FakeRoutes,  # noqa: F811
+    fake_podman: FakePodman,
+    routes: FakeRoutes,
 ):
     first = archive_deployment(app)
     second = archive_deployment(app)
@@ -474,8 +470,8 @@ def test_an_older_queued_deployment_is_superseded_without_starting_anything(
 
 def test_a_deployment_overtaken_while_starting_is_superseded_and_never_routed(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
-    routes: FakeRoutes,  # noqa: F811
+    fake_podman: FakePodman,
+    routes: FakeRoutes,
 ):
     first = archive_deployment(app)
     newer: list[Deployment] = []
@@ -502,8 +498,8 @@ def test_a_deployment_overtaken_while_starting_is_superseded_and_never_routed(
 
 def test_losing_the_route_race_points_the_route_back_at_the_winner(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
-    routes: FakeRoutes,  # noqa: F811
+    fake_podman: FakePodman,
+    routes: FakeRoutes,
 ):
     first = archive_deployment(app)
     winner: list[Deployment] = []
@@ -528,8 +524,8 @@ def test_losing_the_route_race_points_the_route_back_at_the_winner(
 
 def test_a_rollback_reuses_the_earlier_image_and_builds_nothing(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
-    routes: FakeRoutes,  # noqa: F811
+    fake_podman: FakePodman,
+    routes: FakeRoutes,
 ):
     first = go_live(app)
     second = go_live(app, **{"Procfile": f"web: {WEB} --workers 3\n", "requirements.txt": "flask\n"})
@@ -554,7 +550,7 @@ def test_a_rollback_reuses_the_earlier_image_and_builds_nothing(
 
 def test_a_rollback_to_an_image_that_is_gone_fails_with_its_code(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     first = go_live(app)
     go_live(app)
@@ -577,8 +573,8 @@ def test_an_unhealthy_start_fails_and_leaves_the_live_deployment_serving(
     app: App,
     settings: Any,
     failure: str,
-    fake_podman: FakePodman,  # noqa: F811
-    routes: FakeRoutes,  # noqa: F811
+    fake_podman: FakePodman,
+    routes: FakeRoutes,
 ):
     settings.START_DEADLINE_SECONDS = 0
     live = go_live(app)
@@ -607,8 +603,8 @@ def test_an_unhealthy_start_fails_and_leaves_the_live_deployment_serving(
 
 def test_a_failing_release_command_switches_nothing(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
-    routes: FakeRoutes,  # noqa: F811
+    fake_podman: FakePodman,
+    routes: FakeRoutes,
 ):
     files = {"Procfile": f"web: {WEB}\nrelease: python manage.py migrate\n", "requirements.txt": "django\n"}
     live = go_live(app, **files)
@@ -632,7 +628,7 @@ def test_a_failing_release_command_switches_nothing(
 
 def test_a_release_that_succeeded_is_not_run_again_on_resume(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     files = {"Procfile": f"web: {WEB}\nrelease: python manage.py migrate\n", "requirements.txt": "django\n"}
     deployment = archive_deployment(app, files)
@@ -660,7 +656,7 @@ def app_with_secret(app: App) -> App:
 
 def test_a_secret_reaches_containers_only_as_a_podman_secret(
     app_with_secret: App,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     files = {"Procfile": f"web: {WEB}\nrelease: python manage.py migrate\n", "requirements.txt": "django\n"}
     deployment = go_live(app_with_secret, **files)
@@ -681,7 +677,7 @@ def test_a_secret_reaches_containers_only_as_a_podman_secret(
 def test_a_secret_the_app_prints_is_redacted_from_the_log(
     app_with_secret: App,
     settings: Any,
-    fake_podman: FakePodman,  # noqa: F811
+    fake_podman: FakePodman,
 ):
     settings.START_DEADLINE_SECONDS = 0
     live = go_live(app_with_secret)
@@ -707,8 +703,8 @@ def test_a_secret_the_app_prints_is_redacted_from_the_log(
 
 def test_app_teardown_removes_route_containers_images_and_the_row(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
-    routes: FakeRoutes,  # noqa: F811
+    fake_podman: FakePodman,
+    routes: FakeRoutes,
 ):
     other = go_live(make_app(slug="globex", name="shop", replicas=1))
     first = go_live(app)
@@ -747,8 +743,8 @@ def test_app_teardown_removes_route_containers_images_and_the_row(
 
 def test_app_teardown_of_an_active_app_does_nothing(
     app: App,
-    fake_podman: FakePodman,  # noqa: F811
-    routes: FakeRoutes,  # noqa: F811
+    fake_podman: FakePodman,
+    routes: FakeRoutes,
 ):
     live = go_live(app)
 

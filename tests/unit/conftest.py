@@ -1,0 +1,71 @@
+"""Fixtures for the pipeline and task tests: the podman and Caddy fakes installed at their seams,
+the health check answered by respx, and settings that keep builds in a temp dir."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import httpx
+import pytest
+import respx
+
+from caddy.client import CaddyClient
+from provisioning import pipeline
+from provisioning import podman
+from tests.unit.fakes import PODMAN_OPERATIONS
+from tests.unit.fakes import FakePodman
+from tests.unit.fakes import FakeRoutes
+
+
+@pytest.fixture
+def fake_podman() -> Iterator[FakePodman]:
+    fake = FakePodman()
+    with contextlib.ExitStack() as stack:
+        for name in PODMAN_OPERATIONS:
+            stack.enter_context(mock.patch.object(podman, name, autospec=True, side_effect=getattr(fake, name)))
+        # Anything not faked above would end in `run`: make that loud rather than real.
+        stack.enter_context(
+            mock.patch.object(podman, "run", autospec=True, side_effect=AssertionError("real podman called"))
+        )
+        yield fake
+
+
+@pytest.fixture
+def routes() -> Iterator[FakeRoutes]:
+    fake = FakeRoutes()
+    client = mock.create_autospec(CaddyClient, instance=True)
+    client.__enter__.return_value = client
+    client.route_upsert.side_effect = fake.route_upsert
+    client.route_delete.side_effect = fake.route_delete
+    with contextlib.ExitStack() as stack:
+        for target in ("provisioning.pipeline.CaddyClient", "provisioning.tasks.CaddyClient"):
+            cls = stack.enter_context(mock.patch(target, autospec=True))
+            cls.from_settings.return_value = client
+        yield fake
+
+
+@pytest.fixture
+def http(fake_podman: FakePodman) -> Iterator[respx.MockRouter]:
+    """`http://<address>:8000/` answers when a running, healthy fake container has that address."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        container = fake_podman.by_address(request.url.host)
+        if container is None or not container.running or not container.answers_http:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, text="hello")
+
+    with respx.mock(assert_all_called=False) as router:
+        router.get(port=pipeline.APP_PORT, path="/").mock(side_effect=answer)
+        yield router
+
+
+@pytest.fixture
+def pipeline_settings(settings: Any, tmp_path: Path) -> None:
+    settings.BUILD_ROOT = tmp_path / "builds"
+    settings.BUILD_PIP_INDEX_URL = ""
+    settings.BUILD_CA_BUNDLE = ""
+    settings.START_DEADLINE_SECONDS = 2

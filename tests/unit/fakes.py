@@ -1,0 +1,312 @@
+"""In-memory stand-ins for the pipeline's two seams, shared by test_pipeline and test_tasks.
+
+`provisioning.podman` and `caddy.client.CaddyClient` are the seams. Each podman operation the
+pipeline and the tasks use is patched with `autospec=True` and a side effect on `FakePodman`,
+which keeps containers, images, secrets and networks in memory, so tests assert on the state
+that results (which containers exist, which images were built) rather than on call lists. The
+fixtures that install them live in tests/unit/conftest.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Max
+
+from platform_apps.models import App
+from platform_apps.models import Deployment
+from platform_apps.services import app_create
+from provisioning import pipeline
+from provisioning import podman
+from tenants.models import Tenant
+from tenants.services import tenant_create
+
+BASE_IMAGE_ID = "sha256:" + "b" * 64
+WEB = "gunicorn --bind 0.0.0.0:$PORT app:app"
+REQUIREMENTS = "flask==3.1.0\ngunicorn==23.0.0\n"
+
+# --- The in-memory podman ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FakeContainer:
+    spec: podman.ContainerSpec
+    address: str
+    running: bool
+    answers_http: bool
+    output: str
+    stopped_gracefully: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.spec.labels)
+
+
+def podman_failure(operation: str, *, transient: bool) -> podman.PodmanError:
+    stderr = "Error: database is locked (internal detail /var/lib/containers)" if transient else "Error: broken"
+    return podman.PodmanError(
+        f"podman {operation} failed: {stderr}",
+        argv=["podman", operation],
+        returncode=125,
+        stderr=stderr,
+        transient=transient,
+    )
+
+
+class FakePodman:
+    """What podman holds, and the operations of `provisioning.podman` over it (same signatures)."""
+
+    def __init__(self) -> None:
+        self.containers: dict[str, FakeContainer] = {}
+        self.removed: list[FakeContainer] = []
+        self.started: list[str] = []  # every container name ever started detached
+        self.images: dict[str, str] = {str(settings.BASE_IMAGE): BASE_IMAGE_ID}
+        self.parents: dict[str, str] = {}  # app image -> the image its Containerfile is FROM
+        self.builds: list[str] = []  # tags made by `podman build`
+        self.oneoffs: list[podman.ContainerSpec] = []
+        self.oneoff_results: dict[str, tuple[int, str]] = {}  # by role label: (exit code, output)
+        self.secrets: dict[str, str] = {}
+        self.networks: dict[str, dict[str, str]] = {}
+        self.broken_images: set[str] = set()  # their containers exit at once and never answer
+        self.deaf_images: set[str] = set()  # their containers run but never answer HTTP
+        self.output: dict[str, str] = {}  # image -> what its containers print
+        self._failures: dict[tuple[str, str], list[podman.PodmanError]] = {}
+        # Called after a container started: lets a test make the world change mid-pipeline.
+        self.on_start: Callable[[podman.ContainerSpec], None] | None = None
+        self._addresses = itertools.count(2)
+        self._ids = itertools.count(1)
+
+    # -- test controls -------------------------------------------------------------------
+
+    def fail(self, operation: str, key: str, *, times: int = 1, transient: bool = True) -> None:
+        """Make `operation` on `key` (a name or ref) raise PodmanError the next `times` calls."""
+        errors = [podman_failure(operation, transient=transient) for _ in range(times)]
+        self._failures.setdefault((operation, key), []).extend(errors)
+
+    def _maybe_fail(self, operation: str, key: str) -> None:
+        pending = self._failures.get((operation, key))
+        if pending:
+            raise pending.pop()
+
+    def names_of(self, deployment: Deployment) -> list[str]:
+        return sorted(self.containers_with_label("coltsfoot.deployment", str(deployment.public_id)))
+
+    def by_address(self, address: str) -> FakeContainer | None:
+        return next((c for c in self.containers.values() if c.address == address), None)
+
+    def deps_images(self) -> set[str]:
+        return {ref for ref in self.images if ref.startswith(pipeline.DEPS_IMAGE_REPO + ":")}
+
+    def oneoff_roles(self) -> list[str]:
+        return [spec.labels["coltsfoot.role"] for spec in self.oneoffs]
+
+    def _new_id(self) -> str:
+        return f"sha256:{next(self._ids):064x}"
+
+    # -- provisioning.podman operations ----------------------------------------------------
+
+    def network_ensure(self, name: str, labels: Any = None) -> None:
+        self.networks.setdefault(name, dict(labels or {}))
+
+    def image_exists(self, ref: str) -> bool:
+        return ref in self.images
+
+    def image_id(self, ref: str) -> str:
+        self._maybe_fail("image_id", ref)
+        if ref not in self.images:
+            raise podman.PodmanNotFound("no such image", argv=[], returncode=125, stderr="", transient=False)
+        return self.images[ref]
+
+    def image_build(
+        self,
+        context_dir: str,
+        containerfile: str,
+        tag: str,
+        *,
+        labels: Any = None,
+        timeout: float | None = None,
+    ) -> str:
+        self._maybe_fail("image_build", tag)
+        lines = Path(containerfile).read_text().splitlines()
+        parent = next(line.removeprefix("FROM ").strip() for line in lines if line.startswith("FROM "))
+        assert parent in self.images, f"build FROM an image that does not exist: {parent}"
+        assert Path(context_dir).is_dir()
+        self.builds.append(tag)
+        self.parents[tag] = parent
+        self.images[tag] = self._new_id()
+        return f"STEP 1/5: FROM {parent}\nCOMMIT {tag}\n"
+
+    def image_commit(self, container: str, tag: str, *, changes: Any = (), timeout: float | None = None) -> str:
+        assert container in self.containers, f"commit of a container that does not exist: {container}"
+        self.images[tag] = self._new_id()
+        return self.images[tag]
+
+    def image_remove(self, ref: str) -> None:
+        # Like `podman rmi` without --force: an image a container still uses cannot go.
+        if any(container.spec.image == ref for container in self.containers.values()):
+            raise podman.PodmanError(
+                "image in use", argv=[], returncode=2, stderr="Error: image is in use by a container", transient=False
+            )
+        self.images.pop(ref, None)
+
+    def image_pull(self, ref: str, tls_verify: bool = True, *, timeout: float | None = None) -> str:
+        self._maybe_fail("image_pull", ref)
+        self.images.setdefault(ref, self._new_id())
+        return self.images[ref]
+
+    def image_tag(self, ref: str, new_ref: str) -> None:
+        self.images[new_ref] = self.images[ref]
+
+    def image_command(self, ref: str) -> list[str]:
+        return ["python", "-m", "http.server", "8000"]
+
+    def oneoff_run(self, spec: podman.ContainerSpec, *, timeout: float, remove: bool = True) -> tuple[int, str]:
+        assert spec.image in self.images, f"one-off from an image that does not exist: {spec.image}"
+        self.container_remove(spec.name)
+        self.oneoffs.append(spec)
+        role = spec.labels["coltsfoot.role"]
+        code, output = self.oneoff_results.get(role, (0, f"{role} done\n"))
+        if not remove:
+            self.containers[spec.name] = FakeContainer(spec, address="", running=False, answers_http=False, output="")
+        return code, output
+
+    def container_run_detached(self, spec: podman.ContainerSpec) -> str:
+        self._maybe_fail("container_run_detached", spec.name)
+        if spec.name in self.containers:
+            raise podman.PodmanError(
+                "name in use", argv=[], returncode=125, stderr="Error: name is in use", transient=False
+            )
+        if spec.image not in self.images:
+            raise podman.PodmanNotFound("no such image", argv=[], returncode=125, stderr="", transient=False)
+        broken = spec.image in self.broken_images
+        self.containers[spec.name] = FakeContainer(
+            spec,
+            address=f"10.89.0.{next(self._addresses)}",
+            running=not broken,
+            answers_http=not broken and spec.image not in self.deaf_images,
+            output=self.output.get(spec.image, "Listening at: http://0.0.0.0:8000\n"),
+        )
+        self.started.append(spec.name)
+        if self.on_start is not None:
+            self.on_start(spec)
+        return uuid.uuid4().hex
+
+    def container_remove(self, name: str) -> None:
+        container = self.containers.pop(name, None)
+        if container is not None:
+            container.running = False
+            self.removed.append(container)
+
+    def container_stop(self, name: str, timeout: int = podman.STOP_TIMEOUT_SECONDS) -> None:
+        self._maybe_fail("container_stop", name)
+        container = self.containers.get(name)
+        if container is not None:
+            container.running = False
+            container.stopped_gracefully = True
+
+    def container_is_running(self, name: str) -> bool:
+        container = self.containers.get(name)
+        return container is not None and container.running
+
+    def container_address(self, name: str, network: str) -> str:
+        container = self.containers.get(name)
+        if container is None:
+            raise podman.PodmanNotFound("no such container", argv=[], returncode=125, stderr="", transient=False)
+        return container.address if container.spec.network == network else ""
+
+    def container_logs(self, name: str, tail: int = 200) -> str:
+        container = self.containers.get(name)
+        if container is None:
+            raise podman.PodmanNotFound("no such container", argv=[], returncode=125, stderr="", transient=False)
+        return "".join(container.output.splitlines(keepends=True)[-tail:])
+
+    def containers_with_label(self, key: str, value: str) -> list[str]:
+        return [name for name, container in self.containers.items() if container.labels.get(key) == value]
+
+    def secret_set(self, name: str, value: str) -> None:
+        self.secrets[name] = value
+
+    def secret_remove(self, name: str) -> None:
+        self.secrets.pop(name, None)
+
+    def secret_list(self) -> list[str]:
+        return list(self.secrets)
+
+
+PODMAN_OPERATIONS = tuple(
+    name for name in vars(FakePodman) if not name.startswith("_") and callable(getattr(podman, name, None))
+)
+
+
+# --- The Caddy route table ------------------------------------------------------------------
+
+
+class FakeRoutes:
+    """Caddy's app routes, as `CaddyClient.route_upsert`/`route_delete` leave them."""
+
+    def __init__(self) -> None:
+        self.table: dict[uuid.UUID, list[str]] = {}
+        self.writes = 0
+        self.deletes: list[uuid.UUID] = []
+        # Called after each upsert: lets a test make another deployment win the race.
+        self.on_upsert: Callable[[uuid.UUID], None] | None = None
+
+    def route_upsert(self, app_id: uuid.UUID, hostnames: list[str], upstreams: list[str]) -> None:
+        assert upstreams, "a route without upstreams"
+        self.writes += 1
+        self.table[app_id] = list(upstreams)
+        if self.on_upsert is not None:
+            hook, self.on_upsert = self.on_upsert, None
+            hook(app_id)
+
+    def route_delete(self, app_id: uuid.UUID) -> None:
+        self.deletes.append(app_id)
+        self.table.pop(app_id, None)
+
+
+# --- The health check -------------------------------------------------------------------------
+
+
+# --- Rows -------------------------------------------------------------------------------------
+
+
+def make_app(slug: str = "acme", name: str = "shop", **sizing: Any) -> App:
+    tenant = Tenant.objects.filter(slug=slug).first() or tenant_create(slug=slug)
+    options = {"replicas": 2, "memory_mb": 256, "cpus": 1.0, **sizing}
+    return app_create(tenant=tenant, name=name, deploy_branch="main", **options)
+
+
+def next_number(app: App) -> int:
+    return int(Deployment.objects.filter(app=app).aggregate(top=Max("number"))["top"] or 0) + 1
+
+
+def archive_deployment(app: App, files: dict[str, str] | None = None, **fields: Any) -> Deployment:
+    """A queued archive deployment whose source is unpacked in its build dir, as intake leaves it."""
+    public_id = uuid.uuid4()
+    src = Path(settings.BUILD_ROOT) / str(public_id) / "src"
+    src.mkdir(parents=True)
+    default = {"Procfile": f"web: {WEB}\n", "requirements.txt": REQUIREMENTS, "app.py": "app = None\n"}
+    for name, content in (default if files is None else files).items():
+        (src / name).write_text(content)
+    deployment = Deployment.objects.create(
+        app=app, number=next_number(app), public_id=public_id, source_kind=Deployment.SourceKind.ARCHIVE, **fields
+    )
+    return reload(deployment)
+
+
+def reload(deployment: Deployment) -> Deployment:
+    fresh: Deployment = Deployment.objects.select_related("app", "app__tenant").get(pk=deployment.pk)
+    return fresh
+
+
+MakeApp = Callable[..., App]
