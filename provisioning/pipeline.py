@@ -352,9 +352,10 @@ def release(deployment: Deployment, runtime: Runtime) -> None:
     Deployment.objects.filter(pk=deployment.pk).update(released=True)
 
 
-def _answers_http(address: str) -> bool:
+def _answers_http(client: httpx.Client, address: str) -> bool:
+    """Any HTTP answer counts (even a 404 or 500): the web process is up and serving."""
     try:
-        httpx.get(f"http://{address}:{APP_PORT}/", timeout=2.0)
+        client.get(f"http://{address}:{APP_PORT}/")
     except httpx.HTTPError:
         return False
     return True
@@ -384,24 +385,25 @@ def start_replicas(deployment: Deployment, runtime: Runtime) -> list[str]:
         Replica.objects.update_or_create(deployment=deployment, index=index, defaults={"name": name})
     deadline = time.monotonic() + float(settings.START_DEADLINE_SECONDS)
     upstreams = []
-    for index, name in enumerate(names):
-        address = podman.container_address(name, network)
-        Replica.objects.filter(deployment=deployment, index=index).update(address=address)
-        while not _answers_http(address):
-            if not podman.container_is_running(name) or time.monotonic() > deadline:
-                output = podman.container_logs(name, tail=200)
-                log_append(
-                    deployment,
-                    f"-----> Replica {index} did not answer HTTP on $PORT:\n{output}",
-                    secrets=runtime.secret_values,
-                )
-                raise UserError(
-                    "start.unhealthy",
-                    f"The web process did not answer HTTP on $PORT within {settings.START_DEADLINE_SECONDS} s; "
-                    "its last output is in the deployment log. The previous deployment keeps serving.",
-                )
-            time.sleep(0.25)
-        upstreams.append(f"{address}:{APP_PORT}")
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        for index, name in enumerate(names):
+            address = podman.container_address(name, network)
+            Replica.objects.filter(deployment=deployment, index=index).update(address=address)
+            while not _answers_http(client, address):
+                if not podman.container_is_running(name) or time.monotonic() > deadline:
+                    output = podman.container_logs(name, tail=200)
+                    log_append(
+                        deployment,
+                        f"-----> Replica {index} did not answer HTTP on $PORT:\n{output}",
+                        secrets=runtime.secret_values,
+                    )
+                    raise UserError(
+                        "start.unhealthy",
+                        f"The web process did not answer HTTP on $PORT within {settings.START_DEADLINE_SECONDS} s; "
+                        "its last output is in the deployment log. The previous deployment keeps serving.",
+                    )
+                time.sleep(0.25)
+            upstreams.append(f"{address}:{APP_PORT}")
     step(deployment, "All replicas answer HTTP")
     return upstreams
 

@@ -42,6 +42,8 @@ BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 60.0
 
 State = Deployment.State
+# The lease owner the reconciler leaves on a deployment it queued again: any task may claim it.
+REQUEUED = "requeued"
 
 
 def backoff_seconds(retries: int) -> float:
@@ -73,7 +75,9 @@ def lease_claim(deployment_pk: int, owner: str) -> bool:
     stale = now - timedelta(seconds=settings.LEASE_SECONDS)
     return bool(
         Deployment.objects.filter(pk=deployment_pk, state__in=Deployment.ACTIVE_STATES)
-        .filter(Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale) | Q(lease_owner=owner))
+        .filter(
+            Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale) | Q(lease_owner=owner) | Q(lease_owner=REQUEUED)
+        )
         .update(heartbeat_at=now, lease_owner=owner)
     )
 
@@ -303,6 +307,9 @@ def reconcile() -> dict[str, int]:
         Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True, created_at__lt=stale)
     )
     deployments = [str(pid) for pid in stuck.values_list("public_id", flat=True)]
+    # Mark them requeued (a fresh heartbeat any task may claim), so the next sweep does not
+    # queue them again while the first requeued task is still waiting for a worker.
+    stuck.filter(public_id__in=deployments).update(heartbeat_at=timezone.now(), lease_owner=REQUEUED)
     for deployment_id in deployments:
         logger.info("requeueing stalled deployment", extra={"deployment_id": deployment_id})
         deployment_run.delay(deployment_id)

@@ -796,3 +796,18 @@ def test_reconcile_requeues_only_deployments_whose_lease_is_stale(app: App, sett
     assert counts["deployments"] == 3
     assert counts["apps"] == 0
     teardown_delay.assert_not_called()
+
+
+def test_reconcile_queues_a_stalled_deployment_once_and_any_worker_can_take_it(app: App, settings: Any):
+    old = timezone.now() - timedelta(seconds=settings.LEASE_SECONDS + 30)
+    stalled = archive_deployment(app)
+    Deployment.objects.filter(pk=stalled.pk).update(
+        state=State.BUILDING, heartbeat_at=old, lease_owner="dead-worker", created_at=old
+    )
+    with mock.patch.object(tasks.deployment_run, "delay", autospec=True) as delay:
+        tasks.reconcile()
+        tasks.reconcile()  # the next sweep, before a worker got to it
+    delay.assert_called_once_with(str(stalled.public_id))
+    # The requeued task (a new task id) claims the lease the reconciler left and finishes.
+    attempt(stalled, task_id=str(uuid.uuid4()))
+    assert reload(stalled).state == State.LIVE
