@@ -160,6 +160,9 @@ BUILD_PIP_INDEX_URL = env_str("COLTSFOOT_PIP_INDEX_URL", "")
 BUILD_ROOT = DATA_DIR / "builds"
 START_DEADLINE_SECONDS = env_int("COLTSFOOT_START_DEADLINE", 30)
 RELEASE_TIMEOUT_SECONDS = env_int("COLTSFOOT_RELEASE_TIMEOUT", 600)
+# After the route switch, how long the old replicas keep running before their graceful stop, so
+# requests the edge routed just before the switch still reach a live process.
+RETIRE_DRAIN_SECONDS = env_int("COLTSFOOT_RETIRE_DRAIN_SECONDS", 2)
 # Labels every container, network and image this platform instance creates, so that several
 # instances (a developer's `make up`, parallel test sessions) never touch each other's.
 INSTANCE_ID = env_str("COLTSFOOT_INSTANCE_ID", "default")

@@ -19,3 +19,4 @@ ZEAL_ALLOWLIST: list[dict[str, str]] = []
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = False
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+RETIRE_DRAIN_SECONDS = 0

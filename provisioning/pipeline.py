@@ -453,7 +453,7 @@ def route_switch(deployment: Deployment, upstreams: list[str]) -> bool:
         return False
 
 
-def retire_previous(deployment: Deployment) -> None:
+def retire_previous(deployment: Deployment, *, drain_seconds: float = 0.0) -> None:
     """Supersede the app's older live deployment and remove the replicas of every older one that
     still has some. Replica rows go only once their containers are gone, so a run that died
     halfway is finished by the next one (the task's retry, or the reconciler's sweep)."""
@@ -467,6 +467,10 @@ def retire_previous(deployment: Deployment) -> None:
         .select_related("app", "app__tenant")
         .distinct()
     )
+    if drain_seconds and leftovers:
+        # Requests Caddy accepted under the previous route may still be on their way to the old
+        # replicas; let them arrive before the replicas stop taking connections.
+        time.sleep(drain_seconds)
     for old in leftovers:
         remove_containers(old, graceful=True)
         logger.info("retired replicas of a superseded deployment", extra=log_context(old))

@@ -221,7 +221,7 @@ def drive(deployment_id: uuid.UUID) -> None:
     _transition(deployment, State.STARTING, State.LIVE, finished_at=timezone.now())
     pipeline.step(deployment, f"Live at {deployment.app.url}")
     pipeline.cleanup_build_dir(deployment)
-    pipeline.retire_previous(deployment)
+    pipeline.retire_previous(deployment, drain_seconds=float(settings.RETIRE_DRAIN_SECONDS))
 
 
 @shared_task(bind=True, name="coltsfoot.deployment_run", max_retries=MAX_RETRIES)
@@ -317,8 +317,11 @@ def reconcile() -> dict[str, int]:
     for app_id in deleting:
         app_teardown.delay(app_id)
     # Replicas of finished deployments whose removal was interrupted (the sweep is idempotent).
+    # Only those finished a lease ago: a fresh one may still be being retired by its own task.
     leftovers = (
-        Deployment.objects.filter(state__in=[State.SUPERSEDED, State.FAILED], replicas__isnull=False)
+        Deployment.objects.filter(
+            state__in=[State.SUPERSEDED, State.FAILED], replicas__isnull=False, finished_at__lt=stale
+        )
         .select_related("app", "app__tenant")
         .distinct()
     )

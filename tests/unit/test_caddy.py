@@ -444,7 +444,9 @@ def test_5xx_is_retried_then_raises_transient(
     assert excinfo.value.status_code == 502
     assert route.call_count == 3
     assert len(sleeps) == 2
-    assert 0 < sleeps[0] < sleeps[1] < 1
+    # Exponential with jitter: 0.2 s then 0.4 s, each times a factor between 0.5 and 1.5.
+    assert 0.1 <= sleeps[0] <= 0.3
+    assert 0.2 <= sleeps[1] <= 0.6
 
 
 def test_connection_errors_are_retried_then_raise_transient(
