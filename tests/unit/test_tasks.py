@@ -811,3 +811,12 @@ def test_reconcile_queues_a_stalled_deployment_once_and_any_worker_can_take_it(a
     # The requeued task (a new task id) claims the lease the reconciler left and finishes.
     attempt(stalled, task_id=str(uuid.uuid4()))
     assert reload(stalled).state == State.LIVE
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap():
+    for retries in range(10):
+        step = min(tasks.BACKOFF_CAP_SECONDS, tasks.BACKOFF_BASE_SECONDS * 2**retries)
+        samples = [tasks.backoff_seconds(retries) for _ in range(50)]
+        assert all(0.5 * step <= s <= 1.5 * step for s in samples)
+        assert len(set(samples)) > 1  # jittered, so retries of many tasks do not line up
+    assert max(tasks.backoff_seconds(30) for _ in range(50)) <= 1.5 * tasks.BACKOFF_CAP_SECONDS
