@@ -102,7 +102,8 @@ def test_redeploy_without_dropping_a_request(platform: Platform, tenant: dict[st
     try:
         second = deploy_archive(client, app["id"], hello_archive(**{"VERSION": "2"}))
         done = wait_for_deployment(client, second["id"], {"live", "failed"})
-        time.sleep(2)  # keep requesting while the old replicas are retired
+        # Keep requesting while the old replicas drain and are retired.
+        wait_until(lambda: len(_app_containers(app["id"])) == 2, timeout=60, message="the old replicas to go")
     finally:
         stop.set()
         thread.join()
@@ -113,7 +114,9 @@ def test_redeploy_without_dropping_a_request(platform: Platform, tenant: dict[st
     assert second["id"] in platform.edge_get(app["url"]).text
     states = {d["id"]: d["state"] for d in client.get(f"/apps/{app['id']}/deployments").json()["items"]}
     assert states[live_app["first"]["id"]] == "superseded"
-    assert len(_app_containers(app["id"])) == 2
+    # The old replicas drain, then stop gracefully, after the switch.
+    wait_until(lambda: len(_app_containers(app["id"])) == 2, timeout=60, message="the old replicas to be retired")
+    assert all(name.startswith(f"tsl-{second['id']}-") for name in _app_containers(app["id"]))
 
 
 def test_rollback_serves_the_earlier_image(platform: Platform, tenant: dict[str, Any], live_app: Any):
