@@ -131,6 +131,11 @@ def test_rollback_serves_the_earlier_image(platform: Platform, tenant: dict[str,
     assert rollback["image"] == live_app["first"]["image"]
     assert rollback["id"] in platform.edge_get(app["url"]).text
     assert client.get(f"/apps/{app['id']}").json()["live_deployment_id"] == rollback["id"]
+    wait_until(
+        lambda: all(n.startswith(f"tsl-{rollback['id']}-") for n in _app_containers(app["id"])),
+        timeout=60,
+        message="the replaced replicas to be retired",
+    )
 
 
 def test_crashing_app_fails_with_its_output_and_old_version_keeps_serving(
@@ -151,7 +156,9 @@ def test_crashing_app_fails_with_its_output_and_old_version_keeps_serving(
     assert page.status_code == 200
     assert serving in page.text
     assert client.get(f"/apps/{app['id']}").json()["live_deployment_id"] == serving
-    assert len(_app_containers(app["id"])) == 2
+    # The failed deployment left no container behind; the serving replicas are untouched.
+    assert [n for n in _app_containers(app["id"]) if n.startswith(f"tsl-{deployment['id']}")] == []
+    assert sorted(_app_containers(app["id"])) == [f"tsl-{serving}-0", f"tsl-{serving}-1"]
 
 
 def test_missing_procfile_is_a_user_error(tenant: dict[str, Any]):
