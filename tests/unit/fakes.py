@@ -310,3 +310,21 @@ def reload(deployment: Deployment) -> Deployment:
 
 
 MakeApp = Callable[..., App]
+
+
+def make_live(app: App) -> Deployment:
+    """Give `app` a live deployment of an image (as if a deploy had finished), for release tests."""
+    live = Deployment.objects.create(
+        app=app,
+        number=1,
+        state=Deployment.State.LIVE,
+        source_kind=Deployment.SourceKind.IMAGE,
+        source_url="docker.io/library/python:3.13",
+        image_ref="localhost/coltsfoot/app-1:latest",
+        image_id="sha256:" + "ab" * 32,
+        web_command="gunicorn app:app",
+        release_command="python manage.py migrate",
+    )
+    app.live_deployment = live
+    app.save(update_fields=["live_deployment"])
+    return live

@@ -28,6 +28,7 @@ from platform_apps.models import Deployment
 from provisioning import tasks
 from provisioning.postgres import PgCredentials
 from provisioning.postgres import PostgresError
+from tests.unit.fakes import make_live
 
 ADDON_FIELDS = {"id", "app_id", "kind", "state", "database", "user", "error", "created_at", "updated_at"}
 
@@ -72,22 +73,6 @@ def pg() -> Iterator[mock.MagicMock]:
 
 def path(app: App) -> str:
     return f"/apps/{app.public_id}/addons/postgres"
-
-
-def make_live(app: App) -> Deployment:
-    live = Deployment.objects.create(
-        app=app,
-        number=1,
-        state=Deployment.State.LIVE,
-        source_kind=Deployment.SourceKind.IMAGE,
-        source_url="docker.io/library/python:3.13",
-        image_ref="localhost/coltsfoot/app-1:latest",
-        image_id="sha256:" + "cd" * 32,
-        web_command="gunicorn app:app",
-    )
-    app.live_deployment = live
-    app.save(update_fields=["live_deployment"])
-    return live
 
 
 def create(owner: Actor, app: App, capture: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
 from tenants.models import ApiToken
 from tenants.services import token_create
+from tests.unit.fakes import make_live
 
 SECRET = "s3cr3t-value"
 # Distinctive enough that finding it anywhere means it leaked, not that a short word matched.
@@ -55,23 +56,6 @@ def queued() -> Iterator[mock.MagicMock]:
 
 def path(app: App) -> str:
     return f"/apps/{app.public_id}/config"
-
-
-def make_live(app: App) -> Deployment:
-    live = Deployment.objects.create(
-        app=app,
-        number=1,
-        state=Deployment.State.LIVE,
-        source_kind=Deployment.SourceKind.IMAGE,
-        source_url="docker.io/library/python:3.13",
-        image_ref="localhost/coltsfoot/app-1:latest",
-        image_id="sha256:" + "ab" * 32,
-        web_command="gunicorn app:app",
-        release_command="python manage.py migrate",
-    )
-    app.live_deployment = live
-    app.save(update_fields=["live_deployment"])
-    return live
 
 
 def error_code(response: Any) -> str:
