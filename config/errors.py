@@ -23,6 +23,7 @@ from ninja.errors import AuthorizationError
 from ninja.errors import HttpError
 from ninja.errors import Throttled
 from ninja.errors import ValidationError
+from pydantic import ValidationError as PydanticValidationError
 
 from config.logging import request_id_var
 
@@ -86,6 +87,12 @@ def _validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {"field": ".".join(loc) or None, "message": str(error.get("msg", "")), "type": error.get("type")}
         )
     return cleaned
+
+
+def invalid_request(exc: PydanticValidationError, message: str = "The request is invalid.") -> ApiError:
+    """A body the view validated itself (not through a Ninja parameter), in the same 422 shape."""
+    details = _validation_details([dict(error) for error in exc.errors()])
+    return ApiError("request.invalid", message, status=422, details=details)
 
 
 HTTP_ERROR_CODES = {

@@ -124,14 +124,16 @@ def deployment_create_from_payload(*, app: App, payload: SourceDeployIn) -> Depl
                 f"Images can be pulled from {', '.join(settings.IMAGE_ALLOWED_REGISTRIES)} only.",
             )
         return _insert(app, source_kind=Deployment.SourceKind.IMAGE, source_url=payload.image, own_image=True)
-    assert payload.git is not None  # noqa: S101 - the schema guarantees one of the two
+    git = payload.git
+    if git is None:  # the schema already refuses a body with neither
+        raise Unprocessable("request.invalid", "Give exactly one of `image` or `git`.")
     from provisioning.pipeline import git_validate
 
     try:
-        url = git_validate(payload.git.url, payload.git.ref)
+        url = git_validate(git.url, git.ref)
     except UserError as exc:
         raise Unprocessable(exc.code, exc.message) from exc
-    return _insert(app, source_kind=Deployment.SourceKind.GIT, source_url=url, source_ref=payload.git.ref)
+    return _insert(app, source_kind=Deployment.SourceKind.GIT, source_url=url, source_ref=git.ref)
 
 
 def deployment_create_rollback(*, app: App, target: Deployment) -> Deployment:

@@ -12,6 +12,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from config.errors import ApiError
 from config.errors import Unprocessable
+from config.errors import invalid_request
 from platform_apps import deployments
 from platform_apps import selectors
 from platform_apps.models import Deployment
@@ -72,11 +73,7 @@ def deployment_create(request: HttpRequest, app_id: uuid.UUID) -> Status[Deploym
         try:
             payload = SourceDeployIn.model_validate(_json_body(request))
         except PydanticValidationError as exc:
-            raise Unprocessable(
-                "request.invalid",
-                "The request is invalid.",
-                details=[{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()],
-            ) from exc
+            raise invalid_request(exc) from exc
         deployment = deployments.deployment_create_from_payload(app=app, payload=payload)
     else:
         raise ApiError(

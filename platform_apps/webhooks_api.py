@@ -21,6 +21,7 @@ from pydantic import ValidationError as PydanticValidationError
 from config.errors import ApiError
 from config.errors import Forbidden
 from config.errors import error_response
+from config.errors import invalid_request
 from platform_apps import crypto
 from platform_apps import deployments
 from platform_apps import selectors
@@ -89,12 +90,7 @@ def _create_from_body(app: App, request: HttpRequest, body: bytes) -> Deployment
         try:
             payload = SourceDeployIn.model_validate_json(body)
         except PydanticValidationError as exc:
-            raise ApiError(
-                "request.invalid",
-                'Send {"image": "..."} or {"git": {"url": "...", "ref": "..."}}.',
-                status=422,
-                details=[{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()],
-            ) from exc
+            raise invalid_request(exc, 'Send {"image": "..."} or {"git": {"url": "...", "ref": "..."}}.') from exc
         return deployments.deployment_create_from_payload(app=app, payload=payload)
     raise ApiError("request.unsupported_media_type", "Send application/gzip or application/json.", status=415)
 

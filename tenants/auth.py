@@ -22,8 +22,21 @@ MAX_TOKEN_LENGTH = 128
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
+# Where a request keeps the token it was authenticated with: the Idempotency-Key middleware
+# authenticates before Ninja does, and the second lookup then costs nothing.
+_REQUEST_CACHE = "_coltsfoot_token"
+
+
 class TokenAuth(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+        cached: tuple[str, ApiToken | None] | None = getattr(request, _REQUEST_CACHE, None)
+        if cached is not None and cached[0] == token:
+            return cached[1]
+        api_token = self._lookup(token)
+        setattr(request, _REQUEST_CACHE, (token, api_token))
+        return api_token
+
+    def _lookup(self, token: str) -> ApiToken | None:
         token = token.strip()
         if not token or len(token) > MAX_TOKEN_LENGTH or "." not in token:
             return None

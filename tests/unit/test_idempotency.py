@@ -298,3 +298,14 @@ def test_a_weaker_token_cannot_replay_a_stronger_tokens_response(
     assert response.json()["error"]["code"] == "auth.insufficient_scope"
     without_key = weak.call("POST", endpoint.url(app), endpoint.body)
     assert without_key.status_code == 403
+
+
+def test_the_token_is_looked_up_once_per_request(owner: Actor):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        response = owner.call("POST", "/apps", {"name": "once"}, HTTP_IDEMPOTENCY_KEY="lookup-once")
+    assert response.status_code == 201
+    lookups = [q["sql"] for q in ctx.captured_queries if 'FROM "tenants_apitoken"' in q["sql"] and "prefix" in q["sql"]]
+    assert len(lookups) == 1
