@@ -9,7 +9,7 @@ integration tests, creates a tenant and a 1-replica app, and measures in one run
     whose body carries the new deployment id (after one unmeasured warm-up deploy that builds the
     dependency image);
 (b) a raw `podman run` of the same app image under runsc with the platform's hardening flags
-    (`provisioning.podman.run_detached_argv`) on an isolated test network -> first 200 on the container;
+    (`drivers.podman.run_detached_argv`) on an isolated test network -> first 200 on the container;
 (c) the ratio of the medians, a/b;
 (d) a rebuild with unchanged dependencies: the pipeline's build phase (from the worker log) and a bare
     `podman build` of the Containerfile the pipeline generates, against a conventional Containerfile
@@ -48,8 +48,8 @@ from typing import Any
 
 import httpx
 
-from provisioning import buildpack
-from provisioning import podman
+from drivers import buildpack
+from drivers import podman
 from tests.integration.helpers import HELLO
 from tests.integration.services import INSTANCE_LABEL
 from tests.integration.services import CaddyServer
@@ -194,7 +194,7 @@ def setup_logging() -> None:
         force=True,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("provisioning.podman").setLevel(logging.WARNING)
+    logging.getLogger("drivers.podman").setLevel(logging.WARNING)
 
 
 # --- worker log --------------------------------------------------------------------------------------
@@ -612,14 +612,14 @@ def static_notes(runs: int) -> list[str]:
         "(a) clock: from just before the multipart POST until the Caddy edge (Host header of the app) first "
         "answers 200 with the new deployment id in the body; the edge is polled every 50 ms. The deploy "
         "includes the hello Procfile's `release:` one-off container, which runs under gVisor on every deploy.",
-        "(b) clock: from launching `podman run --detach` (provisioning.podman.run_detached_argv, the platform's "
+        "(b) clock: from launching `podman run --detach` (drivers.podman.run_detached_argv, the platform's "
         "runsc + hardening flags, the app image the platform built, the replica's uid, memory and cpus) until "
         "http://<container ip>:8000/ first answers 200, polled every 50 ms; one unmeasured warm-up run first "
         "(it also brings the test network's bridge up); each container is removed before the next run.",
         "rebuild_unchanged_deps_platform_s is the pipeline's build phase from the worker log (state building "
         "-> starting: detect, image checks, the dependency key, `podman build` of the generated RUN-less "
         "Containerfile, image inspect). details.rebuild_unchanged_deps_platform_podman_build_only_s is that "
-        "`podman build` alone (provisioning.podman.build_argv, a per-deployment label, a fresh context).",
+        "`podman build` alone (drivers.podman.build_argv, a per-deployment label, a fresh context).",
         "raw_podman_build_unchanged_deps_s: `podman build --isolation=chroot --layers --network=host` with the CA "
         "bundle mounted, of a conventional Containerfile (FROM base, COPY requirements.txt, RUN venv + pip "
         "install, COPY . .) after one unmeasured cold build, so the dependency layer is cached. Each build gets "

@@ -10,8 +10,8 @@ from ninja import NinjaAPI
 from ninja import Schema
 from ninja import Status
 
-from config.errors import error_response
-from config.errors import install_error_handlers
+from core.errors import error_response
+from core.errors import install_error_handlers
 from platform_apps.api import router as apps_router
 from platform_apps.config_api import router as config_router
 from platform_apps.deployments_api import router as deployments_router

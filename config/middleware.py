@@ -6,8 +6,8 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.http import HttpResponse
 
-from config.errors import HTTP_ERROR_CODES
-from config.errors import error_response
+from core.errors import HTTP_ERROR_CODES
+from core.errors import error_response
 
 _MESSAGES = {
     404: "Not found.",

@@ -41,7 +41,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "config.logging.RequestIdMiddleware",
+    "core.logging.RequestIdMiddleware",
     "config.middleware.ApiErrorShapeMiddleware",
     "config.middleware.UploadLimitMiddleware",
     "platform_apps.idempotency.IdempotencyMiddleware",
@@ -196,8 +196,8 @@ LOG_LEVEL = env_str("COLTSFOOT_LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "config.logging.ContextFilter"}},
-    "formatters": {"structured": {"()": "config.logging.StructuredFormatter"}},
+    "filters": {"context": {"()": "core.logging.ContextFilter"}},
+    "formatters": {"structured": {"()": "core.logging.StructuredFormatter"}},
     "handlers": {
         "console": {"class": "logging.StreamHandler", "filters": ["context"], "formatter": "structured"},
     },

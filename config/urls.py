@@ -6,7 +6,7 @@ from django.http import HttpResponse
 from django.urls import path
 
 from config.api import api
-from config.errors import error_response
+from core.errors import error_response
 
 admin.site.site_header = "Coltsfoot administration"
 admin.site.site_title = "Coltsfoot"

@@ -8,9 +8,9 @@ import uuid
 
 from django.db import transaction
 
-from config.errors import Conflict
-from config.errors import NotFound
-from platform_apps import crypto
+from core import crypto
+from core.errors import Conflict
+from core.errors import NotFound
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
@@ -24,7 +24,7 @@ def _context(app: App, addon: Addon) -> dict[str, str]:
 
 @transaction.atomic
 def addon_create(*, app: App) -> Addon:
-    from provisioning import postgres
+    from drivers import postgres
     from provisioning import tasks
 
     if app.state != App.State.ACTIVE:

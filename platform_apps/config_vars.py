@@ -1,7 +1,7 @@
 """Config vars and secrets: validation, encrypted storage, releases, and what a container gets.
 
 Every value is encrypted at rest. Secret values are write-only: they leave the platform only
-as podman secrets mounted into the app's own containers (see `provisioning.podman`), and are
+as podman secrets mounted into the app's own containers (see `drivers.podman`), and are
 redacted from deployment logs."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import field
 
 from django.db import transaction
 
-from config.errors import Conflict
-from config.errors import Unprocessable
-from platform_apps import crypto
+from core import crypto
+from core.errors import Conflict
+from core.errors import Unprocessable
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar

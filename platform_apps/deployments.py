@@ -1,7 +1,7 @@
 """Writes to deployments: record the intent, queue the pipeline on commit, answer at once.
 
 Archive intake happens here, before the row exists: the archive is streamed to disk and
-unpacked into the deployment's own build dir with every check in `provisioning.archive`, so a
+unpacked into the deployment's own build dir with every check in `drivers.archive`, so a
 refusal is an immediate 413/422 and leaves nothing behind.
 """
 
@@ -17,17 +17,17 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Max
 
-from config.errors import ApiError
-from config.errors import Conflict
-from config.errors import Unprocessable
+from core.errors import ApiError
+from core.errors import Conflict
+from core.errors import Unprocessable
+from core.faults import DeployError
+from core.faults import SourceRejected
+from core.faults import UserError
+from drivers.archive import check_upload_size
+from drivers.archive import extract_source
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.schemas import SourceDeployIn
-from provisioning.archive import check_upload_size
-from provisioning.archive import extract_source
-from provisioning.errors import DeployError
-from provisioning.errors import SourceRejected
-from provisioning.errors import UserError
 
 logger = logging.getLogger(__name__)
 

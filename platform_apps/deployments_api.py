@@ -10,9 +10,9 @@ from ninja import Router
 from ninja import Status
 from pydantic import ValidationError as PydanticValidationError
 
-from config.errors import ApiError
-from config.errors import Unprocessable
-from config.errors import invalid_request
+from core.errors import ApiError
+from core.errors import Unprocessable
+from core.errors import invalid_request
 from platform_apps import deployments
 from platform_apps import selectors
 from platform_apps.models import Deployment

@@ -22,8 +22,8 @@ from django.http import HttpRequest
 from django.http import HttpResponse
 from django.utils import timezone
 
-from config.errors import error_response
-from platform_apps import crypto
+from core import crypto
+from core.errors import error_response
 from platform_apps.models import IdempotencyRecord
 from tenants.auth import TokenAuth
 from tenants.models import ApiToken

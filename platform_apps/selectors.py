@@ -7,7 +7,7 @@ import uuid
 
 from django.db.models import QuerySet
 
-from config.errors import NotFound
+from core.errors import NotFound
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from tenants.models import ApiToken

@@ -9,8 +9,8 @@ from typing import Any
 from django.db import IntegrityError
 from django.db import transaction
 
-from config.errors import Conflict
-from config.errors import Unprocessable
+from core.errors import Conflict
+from core.errors import Unprocessable
 from platform_apps.models import App
 from tenants.models import Tenant
 

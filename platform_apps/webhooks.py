@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from typing import NoReturn
 
-from provisioning.git_source import GitSource
+from drivers.git import GitSource
 
 TIMESTAMP_HEADER = "X-Coltsfoot-Timestamp"
 SIGNATURE_HEADER = "X-Coltsfoot-Signature"

@@ -18,18 +18,18 @@ from ninja import Router
 from ninja import Status
 from pydantic import ValidationError as PydanticValidationError
 
-from config.errors import ApiError
-from config.errors import Forbidden
-from config.errors import error_response
-from config.errors import invalid_request
-from platform_apps import crypto
+from core import crypto
+from core.errors import ApiError
+from core.errors import Forbidden
+from core.errors import error_response
+from core.errors import invalid_request
+from core.ratelimit import hit
 from platform_apps import deployments
 from platform_apps import selectors
 from platform_apps import webhooks
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import WebhookDelivery
-from platform_apps.ratelimit import hit
 from platform_apps.schemas import DeploymentOut
 from platform_apps.schemas import ErrorOut
 from platform_apps.schemas import SourceDeployIn

@@ -8,11 +8,11 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from platform_apps import crypto
+from core import crypto
+from drivers import podman
+from drivers import postgres
 from platform_apps.models import Addon
 from platform_apps.models import App
-from provisioning import podman
-from provisioning import postgres
 from provisioning.pipeline import tenant_network
 
 logger = logging.getLogger(__name__)

@@ -27,13 +27,13 @@ from django.db.models.functions import Right
 from django.utils import timezone
 
 from caddy.client import CaddyClient
+from core.faults import PlatformError
+from core.faults import UserError
+from drivers import buildpack
+from drivers import podman
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
-from provisioning import buildpack
-from provisioning import podman
-from provisioning.errors import PlatformError
-from provisioning.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -485,7 +485,7 @@ def cleanup_build_dir(deployment: Deployment) -> None:
 
 def git_validate(url: str, ref: str) -> str:
     """Check a git URL and ref against the platform's allow-list; returns the URL to clone."""
-    from provisioning import git_source
+    from drivers import git as git_source
 
     try:
         git_source.validate_git_ref(ref)
@@ -502,7 +502,7 @@ def git_validate(url: str, ref: str) -> str:
 def fetch_git(deployment: Deployment) -> None:
     """Clone the deployment's git source into its build dir. The URL is checked again here, right
     before cloning, so that DNS answers cannot change between the API call and the fetch."""
-    from provisioning import git_source
+    from drivers import git as git_source
 
     url = git_validate(deployment.source_url, deployment.source_ref)
     src = deployment.build_dir / "src"

@@ -26,14 +26,14 @@ from django.utils import timezone
 
 from caddy.client import CaddyClient
 from caddy.client import CaddyError
+from core.faults import DeployError
+from core.faults import PlatformError
+from drivers import podman
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from provisioning import addons
 from provisioning import pipeline
-from provisioning import podman
-from provisioning.errors import DeployError
-from provisioning.errors import PlatformError
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def retry_if_transient(task: Task[Any, Any], exc: Exception, *, max_retries: int
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, PlatformError | podman.PodmanError | CaddyError):
         return bool(exc.transient)
-    from provisioning.postgres import PostgresError
+    from drivers.postgres import PostgresError
 
     return isinstance(exc, PostgresError) and bool(exc.transient)
 

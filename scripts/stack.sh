@@ -506,7 +506,7 @@ migrate() {
   manage migrate --noinput || die "manage.py migrate failed" manage
   if [ ! -e "$STATE/pg-hardened" ]; then
     # Take CONNECT on postgres/template1 away from PUBLIC once per cluster (provisioning does it too).
-    manage shell -c 'from provisioning.postgres import cluster_harden; cluster_harden()' \
+    manage shell -c 'from drivers.postgres import cluster_harden; cluster_harden()' \
       || die "hardening the tenant PostgreSQL cluster failed" manage
     touch "$STATE/pg-hardened"
   fi

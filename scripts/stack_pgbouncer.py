@@ -4,7 +4,7 @@ Usage: STACK_PGBOUNCER_ADMIN_PASSWORD=... python scripts/stack_pgbouncer.py AUTH
 (the password comes from the environment so it never shows up in `ps`).
 
 The auth_file is shared with the Celery worker, which adds and removes one line per tenant role
-(`provisioning.postgres.userlist_upsert`); this takes the same lock and rewrites only the admin
+(`drivers.postgres.userlist_upsert`); this takes the same lock and rewrites only the admin
 user's line. The line holds a SCRAM-SHA-256 verifier, not the password, and is left alone when
 the verifier already matches (a fresh salt would change the file for nothing). Prints
 "changed" or "unchanged"; the caller sends PgBouncer a SIGHUP after "changed" if it is running.
@@ -24,9 +24,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from provisioning.postgres import scram_verifier_matches  # noqa: E402
-from provisioning.postgres import userlist_lock  # noqa: E402
-from provisioning.postgres import userlist_upsert  # noqa: E402
+from drivers.postgres import scram_verifier_matches  # noqa: E402
+from drivers.postgres import userlist_lock  # noqa: E402
+from drivers.postgres import userlist_upsert  # noqa: E402
 
 PASSWORD_ENV = "STACK_PGBOUNCER_ADMIN_PASSWORD"  # noqa: S105 - the name of a variable, not a password
 SCRAM_ITERATIONS = 4096

@@ -10,7 +10,7 @@ from ninja import Schema
 from ninja import Status
 from pydantic import Field
 
-from config.errors import NotFound
+from core.errors import NotFound
 from platform_apps.schemas import ErrorOut
 from platform_apps.selectors import app_get
 from tenants import services

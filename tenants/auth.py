@@ -10,9 +10,9 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja.security import HttpBearer
 
-from config.errors import Forbidden
-from config.errors import NotFound
-from config.logging import tenant_id_var
+from core.errors import Forbidden
+from core.errors import NotFound
+from core.logging import tenant_id_var
 from tenants.models import ApiToken
 
 logger = logging.getLogger(__name__)

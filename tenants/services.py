@@ -6,8 +6,8 @@ from django.db import IntegrityError
 from django.db import transaction
 from django.utils import timezone
 
-from config.errors import Conflict
-from config.errors import Forbidden
+from core.errors import Conflict
+from core.errors import Forbidden
 from tenants.models import ALL_SCOPES
 from tenants.models import ApiToken
 from tenants.models import Tenant

@@ -14,8 +14,8 @@ import pytest
 import respx
 
 from caddy.client import CaddyClient
+from drivers import podman
 from provisioning import pipeline
-from provisioning import podman
 from tests.unit.fakes import PODMAN_OPERATIONS
 from tests.unit.fakes import FakePodman
 from tests.unit.fakes import FakeRoutes

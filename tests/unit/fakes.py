@@ -1,6 +1,6 @@
 """In-memory stand-ins for the pipeline's two seams, shared by test_pipeline and test_tasks.
 
-`provisioning.podman` and `caddy.client.CaddyClient` are the seams. Each podman operation the
+`drivers.podman` and `caddy.client.CaddyClient` are the seams. Each podman operation the
 pipeline and the tasks use is patched with `autospec=True` and a side effect on `FakePodman`,
 which keeps containers, images, secrets and networks in memory, so tests assert on the state
 that results (which containers exist, which images were built) rather than on call lists. The
@@ -19,11 +19,11 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Max
 
+from drivers import podman
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.services import app_create
 from provisioning import pipeline
-from provisioning import podman
 from tenants.models import Tenant
 from tenants.services import tenant_create
 
@@ -64,7 +64,7 @@ def podman_failure(operation: str, *, transient: bool) -> podman.PodmanError:
 
 
 class FakePodman:
-    """What podman holds, and the operations of `provisioning.podman` over it (same signatures)."""
+    """What podman holds, and the operations of `drivers.podman` over it (same signatures)."""
 
     def __init__(self) -> None:
         self.containers: dict[str, FakeContainer] = {}
@@ -113,7 +113,7 @@ class FakePodman:
     def _new_id(self) -> str:
         return f"sha256:{next(self._ids):064x}"
 
-    # -- provisioning.podman operations ----------------------------------------------------
+    # -- drivers.podman operations ----------------------------------------------------
 
     def network_ensure(self, name: str, labels: Any = None) -> None:
         self.networks.setdefault(name, dict(labels or {}))

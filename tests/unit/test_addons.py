@@ -1,6 +1,6 @@
 """PostgreSQL add-ons: the API, the provision/deprovision tasks and the DATABASE_URL an app gets.
 
-`provisioning.postgres` is the seam: it is patched with autospec, so nothing here touches a real
+`drivers.postgres` is the seam: it is patched with autospec, so nothing here touches a real
 PostgreSQL or PgBouncer."""
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from celery.exceptions import Retry
 from django.db import connection
 
 from conftest import Actor
+from core import crypto
+from drivers.postgres import PgCredentials
+from drivers.postgres import PostgresError
 from platform_apps import config_vars
-from platform_apps import crypto
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
 from provisioning import tasks
-from provisioning.postgres import PgCredentials
-from provisioning.postgres import PostgresError
 from tests.unit.fakes import make_live
 
 ADDON_FIELDS = {"id", "app_id", "kind", "state", "database", "user", "error", "created_at", "updated_at"}
@@ -62,8 +62,8 @@ def deploy_queued() -> Iterator[mock.MagicMock]:
 def pg() -> Iterator[mock.MagicMock]:
     """The provisioner module, both entry points patched."""
     with (
-        mock.patch("provisioning.postgres.provision", autospec=True) as provision,
-        mock.patch("provisioning.postgres.deprovision", autospec=True) as deprovision,
+        mock.patch("drivers.postgres.provision", autospec=True) as provision,
+        mock.patch("drivers.postgres.deprovision", autospec=True) as deprovision,
     ):
         seam = mock.MagicMock()
         seam.provision = provision

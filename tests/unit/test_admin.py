@@ -11,7 +11,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from conftest import Actor
-from platform_apps import crypto
+from core import crypto
 from platform_apps.models import ConfigVar
 from tenants.models import Tenant
 

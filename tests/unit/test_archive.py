@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.archive import ExtractResult
-from provisioning.archive import check_upload_size
-from provisioning.archive import extract_source
-from provisioning.errors import DeployError
-from provisioning.errors import PlatformError
-from provisioning.errors import SourceRejected
-from provisioning.errors import UserError
+from core.faults import DeployError
+from core.faults import PlatformError
+from core.faults import SourceRejected
+from core.faults import UserError
+from drivers.archive import ExtractResult
+from drivers.archive import check_upload_size
+from drivers.archive import extract_source
 
 MAX_BYTES = 1024 * 1024
 MAX_FILES = 50

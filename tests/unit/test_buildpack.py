@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.buildpack import DEPS_IMAGE_REPOSITORY
-from provisioning.buildpack import MAX_PROCFILE_BYTES
-from provisioning.buildpack import AppSpec
-from provisioning.buildpack import containerfile
-from provisioning.buildpack import dependency_files
-from provisioning.buildpack import dependency_image
-from provisioning.buildpack import dependency_install_script
-from provisioning.buildpack import dependency_key
-from provisioning.buildpack import detect
-from provisioning.buildpack import parse_procfile
-from provisioning.buildpack import project_dependencies
-from provisioning.errors import UserError
+from core.faults import UserError
+from drivers.buildpack import DEPS_IMAGE_REPOSITORY
+from drivers.buildpack import MAX_PROCFILE_BYTES
+from drivers.buildpack import AppSpec
+from drivers.buildpack import containerfile
+from drivers.buildpack import dependency_files
+from drivers.buildpack import dependency_image
+from drivers.buildpack import dependency_install_script
+from drivers.buildpack import dependency_key
+from drivers.buildpack import detect
+from drivers.buildpack import parse_procfile
+from drivers.buildpack import project_dependencies
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello"
 WEB = "gunicorn --bind 0.0.0.0:$PORT app:app"

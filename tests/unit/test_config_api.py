@@ -16,8 +16,8 @@ from django.test import Client
 from django.urls import reverse
 
 from conftest import Actor
+from core import crypto
 from platform_apps import config_vars
-from platform_apps import crypto
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar

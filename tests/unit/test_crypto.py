@@ -4,7 +4,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from platform_apps import crypto
+from core import crypto
 
 SECRET = "postgres://t_0123:s3cr3t-p@ss@db/x"
 

@@ -8,10 +8,10 @@ import uuid
 import pytest
 from django.conf import settings
 
+from core.faults import UserError
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from provisioning import pipeline
-from provisioning.errors import UserError
 from tenants.services import tenant_create
 from tests.unit.fakes import REQUIREMENTS
 from tests.unit.fakes import WEB

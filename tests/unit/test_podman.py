@@ -1,6 +1,6 @@
 """The runtime driver: exact argv for every builder, and how `run` maps subprocess failures.
 
-`provisioning.podman.run` is the seam other modules mock; here `subprocess.run` is mocked
+`drivers.podman.run` is the seam other modules mock; here `subprocess.run` is mocked
 instead, because this module is the one that calls it. Nothing here starts podman.
 """
 
@@ -14,7 +14,7 @@ from unittest import mock
 
 import pytest
 
-from provisioning import podman
+from drivers import podman
 
 PREFIX = ["podman", "--runtime", "/usr/bin/runsc", "--runtime-flag", "network=host"]
 
@@ -30,7 +30,7 @@ def _runtime_settings(settings):
 
 @pytest.fixture
 def subprocess_run():
-    with mock.patch("provisioning.podman.subprocess.run", autospec=True) as run:
+    with mock.patch("drivers.podman.subprocess.run", autospec=True) as run:
         run.return_value = subprocess.CompletedProcess(args=[], returncode=0, stdout="", stderr="")
         yield run
 
@@ -387,7 +387,7 @@ def test_missing_podman_binary_is_permanent(subprocess_run):
 def test_env_values_are_redacted_in_logs_and_errors(subprocess_run, caplog):
     spec = make_spec(env={"API_TOKEN": "tok-very-secret", "PORT": "8000"})
     subprocess_run.side_effect = _fail(125, "Error: boom")
-    with caplog.at_level(logging.DEBUG, logger="provisioning.podman"), pytest.raises(podman.PodmanError) as caught:
+    with caplog.at_level(logging.DEBUG, logger="drivers.podman"), pytest.raises(podman.PodmanError) as caught:
         podman.run(podman.run_detached_argv(spec))
 
     assert caplog.records
@@ -414,7 +414,7 @@ def test_redact_argv_forms():
 
 
 def test_secret_value_goes_through_stdin_only(subprocess_run, caplog):
-    with caplog.at_level(logging.DEBUG, logger="provisioning.podman"):
+    with caplog.at_level(logging.DEBUG, logger="drivers.podman"):
         podman.secret_set("sec-1", "hunter2-value")
 
     calls = subprocess_run.call_args_list
@@ -432,7 +432,7 @@ def test_secret_set_replaces_missing_secret(subprocess_run):
 
 
 def test_reads_are_logged_at_debug(subprocess_run, caplog):
-    with caplog.at_level(logging.DEBUG, logger="provisioning.podman"):
+    with caplog.at_level(logging.DEBUG, logger="drivers.podman"):
         podman.run(podman.logs_argv("c1"))
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
 
@@ -583,7 +583,7 @@ def test_spec_is_frozen():
 
 
 def test_debian_mirror_from_apt_sources(tmp_path, settings):
-    from provisioning import base_image
+    from drivers import base_image
 
     settings.BASE_IMAGE_MIRROR = ""
     sources_d = tmp_path / "sources.list.d"
@@ -607,27 +607,27 @@ def test_debian_mirror_from_apt_sources(tmp_path, settings):
 
 
 def test_base_image_present_is_a_noop(settings):
-    from provisioning import base_image
+    from drivers import base_image
 
     settings.BASE_IMAGE = "localhost/coltsfoot-base:bookworm"
     with (
-        mock.patch("provisioning.base_image.podman.image_exists", autospec=True, return_value=True),
-        mock.patch("provisioning.base_image.podman.image_id", autospec=True, return_value="abc"),
-        mock.patch("provisioning.base_image.base_image_build", autospec=True) as build,
+        mock.patch("drivers.base_image.podman.image_exists", autospec=True, return_value=True),
+        mock.patch("drivers.base_image.podman.image_id", autospec=True, return_value="abc"),
+        mock.patch("drivers.base_image.base_image_build", autospec=True) as build,
     ):
         assert base_image.base_image_ensure() == "abc"
     build.assert_not_called()
 
 
 def test_base_image_from_a_registry_is_pulled_not_built(settings):
-    from provisioning import base_image
+    from drivers import base_image
 
     settings.BASE_IMAGE = "registry.example/python-base:3"
     with (
-        mock.patch("provisioning.base_image.podman.image_exists", autospec=True, return_value=False),
-        mock.patch("provisioning.base_image.podman.image_pull", autospec=True) as pull,
-        mock.patch("provisioning.base_image.podman.image_id", autospec=True, return_value="def"),
-        mock.patch("provisioning.base_image.base_image_build", autospec=True) as build,
+        mock.patch("drivers.base_image.podman.image_exists", autospec=True, return_value=False),
+        mock.patch("drivers.base_image.podman.image_pull", autospec=True) as pull,
+        mock.patch("drivers.base_image.podman.image_id", autospec=True, return_value="def"),
+        mock.patch("drivers.base_image.base_image_build", autospec=True) as build,
     ):
         assert base_image.base_image_ensure() == "def"
     pull.assert_called_once_with("registry.example/python-base:3", tls_verify=True)

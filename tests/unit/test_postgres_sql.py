@@ -14,7 +14,7 @@ from psycopg import errors as pg_errors
 from psycopg.sql import SQL
 from psycopg.sql import Composable
 
-from provisioning import postgres as pg
+from drivers import postgres as pg
 
 HOSTILE = 'a"; DROP ROLE x; --'
 HOSTILE_PASSWORD = "x'; DROP ROLE postgres; --"
@@ -337,7 +337,7 @@ def test_userlist_failed_write_leaves_old_file_and_no_temp(tmp_path):
     path = tmp_path / "userlist.txt"
     pg.userlist_upsert(path, "t_aaaaaaaaaaaaaaaa", "a")
     with (
-        mock.patch("provisioning.postgres.os.replace", autospec=True, side_effect=OSError("disk full")),
+        mock.patch("drivers.postgres.os.replace", autospec=True, side_effect=OSError("disk full")),
         pytest.raises(OSError, match="disk full"),
     ):
         pg.userlist_upsert(path, "t_bbbbbbbbbbbbbbbb", "b")
@@ -411,7 +411,7 @@ def test_is_transient(exc, transient):
 def test_provision_maps_connection_failure_to_transient_error_without_secrets():
     with (
         mock.patch(
-            "provisioning.postgres.psycopg.connect",
+            "drivers.postgres.psycopg.connect",
             autospec=True,
             side_effect=psycopg.OperationalError("connection refused"),
         ),
@@ -426,7 +426,7 @@ def test_provision_maps_connection_failure_to_transient_error_without_secrets():
 def test_permission_error_is_permanent_and_carries_sqlstate():
     with (
         mock.patch(
-            "provisioning.postgres.psycopg.connect",
+            "drivers.postgres.psycopg.connect",
             autospec=True,
             side_effect=pg_errors.InsufficientPrivilege("must be superuser"),
         ),

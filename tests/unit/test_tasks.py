@@ -1,6 +1,6 @@
 """The deployment state machine and its Celery tasks, against in-memory podman and Caddy.
 
-The seams (every `provisioning.podman` operation, `CaddyClient`, the HTTP health check) are
+The seams (every `drivers.podman` operation, `CaddyClient`, the HTTP health check) are
 faked in `test_pipeline`; here every test runs with all three, so nothing reaches a real
 podman, Caddy or network. Tests look at what results: rows, containers, images, the route.
 """
@@ -19,14 +19,14 @@ from celery.exceptions import Retry
 from django.conf import settings
 from django.utils import timezone
 
-from platform_apps import crypto
+from core import crypto
+from drivers import podman
 from platform_apps.deployments import deployment_create_rollback
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
 from provisioning import pipeline
-from provisioning import podman
 from provisioning import tasks
 from tests.unit.fakes import WEB
 from tests.unit.fakes import FakeContainer

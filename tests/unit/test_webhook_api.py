@@ -20,7 +20,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from conftest import Actor
-from platform_apps import crypto
+from core import crypto
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import WebhookDelivery
@@ -580,7 +580,7 @@ def test_rate_limit_is_429_with_retry_after(
     settings.WEBHOOK_RATE_LIMIT_PER_MINUTE = 2
     # Pin the limiter's clock mid-window so the test cannot straddle a minute boundary.
     frozen = (int(time.time()) // 60) * 60 + 30
-    with mock.patch("platform_apps.ratelimit.time", autospec=True) as clock:
+    with mock.patch("core.ratelimit.time", autospec=True) as clock:
         clock.time.return_value = frozen
         statuses = []
         for image in (IMAGE, "docker.io/library/python:3.12", "docker.io/library/python:3.11"):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from drivers.git import GitSource
 from platform_apps.webhooks import GithubDelivery
 from platform_apps.webhooks import WebhookPayloadInvalid
 from platform_apps.webhooks import WebhookRejected
@@ -12,7 +13,6 @@ from platform_apps.webhooks import sign_generic
 from platform_apps.webhooks import sign_github
 from platform_apps.webhooks import verify_generic
 from platform_apps.webhooks import verify_github
-from provisioning.git_source import GitSource
 
 SECRET = b"whsec-test-0123456789"
 NOW = 1_750_000_000

@@ -12,9 +12,9 @@ from django.core.management.base import BaseCommand
 from django.core.management.base import CommandError
 from django.core.management.base import CommandParser
 
-from provisioning import podman
-from provisioning.base_image import BaseImageError
-from provisioning.base_image import base_image_ensure
+from drivers import podman
+from drivers.base_image import BaseImageError
+from drivers.base_image import base_image_ensure
 
 
 class Command(BaseCommand):

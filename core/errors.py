@@ -25,7 +25,7 @@ from ninja.errors import Throttled
 from ninja.errors import ValidationError
 from pydantic import ValidationError as PydanticValidationError
 
-from config.logging import request_id_var
+from core.logging import request_id_var
 
 logger = logging.getLogger(__name__)
 

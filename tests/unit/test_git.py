@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.git_source import GitCloneError
-from provisioning.git_source import GitRefRejected
-from provisioning.git_source import GitUrlRejected
-from provisioning.git_source import clone
-from provisioning.git_source import clone_argv
-from provisioning.git_source import fetch_sha_argvs
-from provisioning.git_source import git_env
-from provisioning.git_source import validate_git_ref
-from provisioning.git_source import validate_git_url
+from drivers.git import GitCloneError
+from drivers.git import GitRefRejected
+from drivers.git import GitUrlRejected
+from drivers.git import clone
+from drivers.git import clone_argv
+from drivers.git import fetch_sha_argvs
+from drivers.git import git_env
+from drivers.git import validate_git_ref
+from drivers.git import validate_git_url
 
 ALLOWED_HOSTS = ["github.com", "gitlab.com", "codeberg.org"]
 

@@ -50,8 +50,8 @@ from typing import BinaryIO
 from typing import Literal
 from typing import Self
 
-from provisioning.errors import PlatformError
-from provisioning.errors import SourceRejected
+from core.faults import PlatformError
+from core.faults import SourceRejected
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from provisioning.errors import UserError
+from core.faults import UserError
 
 DepsKind = Literal["requirements", "pyproject", "uv", "none"]
 

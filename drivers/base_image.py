@@ -20,7 +20,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from provisioning import podman
+from drivers import podman
 
 logger = logging.getLogger(__name__)
 

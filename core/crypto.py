@@ -114,7 +114,7 @@ def _load_keys() -> list[Fernet]:
             raise ImproperlyConfigured(
                 f"{KEYS_ENV_VAR}: entry {position} of {len(configured)} is not a valid Fernet key "
                 "(expected 32 bytes, url-safe base64 encoded; generate one with "
-                "`python -c 'from platform_apps.crypto import generate_key; print(generate_key())'`)."
+                "`python -c 'from core.crypto import generate_key; print(generate_key())'`)."
             ) from None
     return keys
 

@@ -1,0 +1,1 @@
+"""The shared core every layer may use: API errors, failure classes, crypto, log context."""
