@@ -157,8 +157,11 @@ class CaddyClient:
         Switching an existing route is one PATCH by `@id`: Caddy swaps it in one config load,
         so no visitor request sees a gap. Raises ValueError for bad hostnames or upstreams.
         """
-        route = app_route(app_id, hostnames, upstreams)
-        rid = route_id(app_id)
+        self.route_set(app_route(app_id, hostnames, upstreams))
+
+    def route_set(self, route: JsonObject) -> None:
+        """Replace the route with `route`'s `@id` (one PATCH), or insert it before the catch-all."""
+        rid = str(route["@id"])
         for _ in range(_MAX_CONFLICT_ROUNDS):
             try:
                 self._request("PATCH", f"/id/{rid}", body=route)
@@ -166,12 +169,23 @@ class CaddyClient:
                 if exc.status_code != 404:
                     raise
             else:
-                logger.info("caddy route switched app_id=%s hostnames=%s upstreams=%s", app_id, hostnames, upstreams)
+                logger.info("caddy route switched id=%s %s", rid, _route_summary(route))
                 return
             if self._route_insert(rid, route):
-                logger.info("caddy route created app_id=%s hostnames=%s upstreams=%s", app_id, hostnames, upstreams)
+                logger.info("caddy route created id=%s %s", rid, _route_summary(route))
                 return
-        raise CaddyError(f"caddy routes kept changing while upserting app {app_id}", transient=True)
+        raise CaddyError(f"caddy routes kept changing while setting route {rid}", transient=True)
+
+    def route_delete_id(self, rid: str) -> None:
+        """Remove a route by its `@id` (a route of an app the platform no longer has)."""
+        for _ in range(_MAX_CONFLICT_ROUNDS * 2):
+            try:
+                self._request("DELETE", f"/id/{rid}")
+            except CaddyError as exc:
+                if exc.status_code != 404:
+                    raise
+                return
+        raise CaddyError(f"caddy route {rid} is still present after deleting it", transient=True)
 
     def route_delete(self, app_id: UUID) -> None:
         """Remove the app's route; a route that is already gone is success."""
@@ -201,6 +215,33 @@ class CaddyClient:
             raise
         route = response.json()
         return route if isinstance(route, dict) else None
+
+    def edge_routes(self) -> list[JsonObject] | None:
+        """Every route of the edge server in one read (the reconciler's observation), or None
+        when Caddy has no edge server at all (it restarted without its config)."""
+        routes, _etag = self._routes_read()
+        return routes
+
+    def edge_load(self, app_routes: list[JsonObject]) -> None:
+        """Give a Caddy that lost its config the whole edge back (every app route and the
+        catch-all) in one write, leaving any other part of its config alone."""
+        desired = edge_server(self._edge_listen, app_routes)
+        root: Any = self._request("GET", "/config/").json() or {}
+        node: Any = root
+        path = "/config"
+        for depth, key in enumerate(_SERVER_KEYS):
+            child = node.get(key) if isinstance(node, dict) else None
+            last = depth == len(_SERVER_KEYS) - 1
+            if child is None or last:
+                value: Any = desired
+                for outer in reversed(_SERVER_KEYS[depth + 1 :]):
+                    value = {outer: value}
+                method = "PATCH" if isinstance(node, dict) and key in node else "PUT"
+                self._request(method, f"{path}/{key}", body=value)
+                logger.info("caddy edge server loaded name=%s routes=%d", EDGE_SERVER_NAME, len(app_routes))
+                return
+            node = child
+            path = f"{path}/{key}"
 
     # -- internals -----------------------------------------------------------------------
 
@@ -321,6 +362,16 @@ class CaddyClient:
             delay = self._backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)  # noqa: S311
             logger.warning("caddy admin %s %s failed (attempt %d), retrying: %s", method, path, attempt, error)
             self._sleep(delay)
+
+
+def _route_summary(route: JsonObject) -> str:
+    hosts = [host for match in route.get("match", []) for host in match.get("host", [])]
+    handlers = route.get("handle") or [{}]
+    handler = handlers[0]
+    upstreams = [upstream.get("dial") for upstream in handler.get("upstreams", [])]
+    if handler.get("handler") == "static_response":
+        return f"hostnames={hosts} status={handler.get('status_code')}"
+    return f"hostnames={hosts} upstreams={upstreams}"
 
 
 def _error_from_response(method: str, path: str, response: httpx.Response) -> CaddyError:

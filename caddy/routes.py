@@ -107,6 +107,42 @@ def app_route(app_id: UUID, hostnames: list[str], upstreams: list[str]) -> JsonO
     }
 
 
+UNAVAILABLE_PAGE = (
+    '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>503 App not running</title></head>\n'
+    "<body><h1>This app is not running right now</h1>\n"
+    "<p>None of its instances is answering. The platform is restarting it; try again in a few seconds.</p>"
+    "</body></html>\n"
+)
+UNAVAILABLE_RETRY_AFTER = "10"
+
+
+def unavailable_route(app_id: UUID, hostnames: list[str]) -> JsonObject:
+    """The app's route while none of its replicas runs: a clear 503 page at once, not a 502 after
+    the proxy gave up. Same `@id` as the app route, so switching either way is one PATCH."""
+    if isinstance(hostnames, str):
+        raise ValueError("hostnames must be a list, not a string")
+    hosts = list(dict.fromkeys(validate_hostname(name) for name in hostnames))
+    if not hosts:
+        raise ValueError("a route needs at least one hostname")
+    return {
+        "@id": route_id(app_id),
+        "match": [{"host": hosts}],
+        "handle": [
+            {
+                "handler": "static_response",
+                "status_code": 503,
+                "headers": {
+                    "Content-Type": ["text/html; charset=utf-8"],
+                    "Retry-After": [UNAVAILABLE_RETRY_AFTER],
+                    "Cache-Control": ["no-store"],
+                },
+                "body": UNAVAILABLE_PAGE,
+            }
+        ],
+        "terminal": True,
+    }
+
+
 def catchall_route() -> JsonObject:
     """The last edge route: any host without an app gets a 404 in the platform's error format."""
     body = {
@@ -130,10 +166,11 @@ def catchall_route() -> JsonObject:
     }
 
 
-def edge_server(listen: str) -> JsonObject:
-    """The `coltsfoot_edge` HTTP server: plain HTTP on `listen`, only the catch-all route.
+def edge_server(listen: str, app_routes: list[JsonObject] | None = None) -> JsonObject:
+    """The `coltsfoot_edge` HTTP server: plain HTTP on `listen`, `app_routes` then the catch-all.
 
-    App routes are inserted before the catch-all by the client, never by rebuilding this.
+    Day to day, app routes are inserted before the catch-all by the client, never by rebuilding
+    this; the whole server with every route is sent only to a Caddy that lost its config.
     """
     if ":" not in listen:
         raise ValueError(f"invalid edge listen address {listen!r}: expected host:port or :port")
@@ -141,5 +178,5 @@ def edge_server(listen: str) -> JsonObject:
         "listen": [listen],
         # The dev edge is plain HTTP on a port; TLS, when wanted, is a separate server.
         "automatic_https": {"disable": True},
-        "routes": [catchall_route()],
+        "routes": [*(app_routes or []), catchall_route()],
     }

@@ -190,7 +190,19 @@ CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 60
 # time limit, or a long build would run twice at once.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
 CELERY_TASK_ALWAYS_EAGER = False
-CELERY_BEAT_RECONCILE_SECONDS = env_int("COLTSFOOT_RECONCILE_SECONDS", 60)
+# The reconciler compares what runs with what should run this often (and at worker start).
+CELERY_BEAT_RECONCILE_SECONDS = env_int("COLTSFOOT_RECONCILE_SECONDS", 10)
+RECONCILE_LEASE_SECONDS = env_int("COLTSFOOT_RECONCILE_LEASE_SECONDS", 120)
+# Crash-loop backoff of a replica: base, 2 base, 4 base, ... up to the cap; a replica that has run
+# healthily for RESTART_RESET_SECONDS starts over from the base.
+RESTART_BACKOFF_BASE_SECONDS = env_int("COLTSFOOT_RESTART_BACKOFF_BASE", 1)
+RESTART_BACKOFF_CAP_SECONDS = env_int("COLTSFOOT_RESTART_BACKOFF_CAP", 300)
+RESTART_RESET_SECONDS = env_int("COLTSFOOT_RESTART_RESET_SECONDS", 60)
+# Containers of this installation that the DB does not want are removed once this old.
+ORPHAN_GRACE_SECONDS = env_int("COLTSFOOT_ORPHAN_GRACE_SECONDS", 60)
+# A queued deployment no task has claimed for this long (its message was lost, e.g. the broker was
+# down when it was enqueued) is queued again by the reconciler.
+OUTBOX_SECONDS = env_int("COLTSFOOT_OUTBOX_SECONDS", 5)
 
 LOG_LEVEL = env_str("COLTSFOOT_LOG_LEVEL", "INFO")
 LOGGING = {

@@ -323,6 +323,21 @@ def ps_by_label_argv(key: str, value: str) -> list[str]:
     return ["ps", "--all", "--filter", f"label={key}={value}", "--format", "{{.Names}}"]
 
 
+def ps_json_argv(key: str, value: str) -> list[str]:
+    """Every container carrying the label, running or not, as JSON: one call per reconcile pass."""
+    _check_label(key, value)
+    return ["ps", "--all", "--filter", f"label={key}={value}", "--format", "json"]
+
+
+def network_ls_json_argv(key: str, value: str) -> list[str]:
+    _check_label(key, value)
+    return ["network", "ls", "--filter", f"label={key}={value}", "--format", "json"]
+
+
+def inspect_state_argv(name: str) -> list[str]:
+    return container_inspect_argv(name, "{{json .State}}")
+
+
 def network_create_argv(name: str, labels: Mapping[str, str] | None = None) -> list[str]:
     _check_name(name)
     return ["network", "create", "--opt", "isolate=true", *_label_args(labels or {}), name]
@@ -649,6 +664,88 @@ def container_is_running(name: str) -> bool:
 
 def containers_with_label(key: str, value: str) -> list[str]:
     return [line.strip() for line in run(ps_by_label_argv(key, value)).splitlines() if line.strip()]
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservedContainer:
+    """One container as `podman ps --all --format json` reports it."""
+
+    name: str
+    labels: Mapping[str, str]
+    state: str  # created, running, exited, stopped, paused, ...
+    exit_code: int
+    started_at: float  # unix seconds, 0 if it never started
+    exited_at: float
+    created_at: float
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def parse_ps_json(output: str) -> list[ObservedContainer]:
+    """Parse `podman ps --format json` (podman 4.3: `Names` is a list, times are unix seconds)."""
+    entries = json.loads(output or "[]") or []
+    observed = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        names = entry.get("Names") or []
+        name = names[0] if isinstance(names, list) and names else names
+        if not isinstance(name, str) or not name:
+            continue
+        labels = entry.get("Labels") or {}
+        observed.append(
+            ObservedContainer(
+                name=name,
+                labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+                state=str(entry.get("State") or "").lower(),
+                exit_code=int(_number(entry.get("ExitCode"))),
+                started_at=_number(entry.get("StartedAt")),
+                exited_at=_number(entry.get("ExitedAt")),
+                created_at=_number(entry.get("Created")),
+            )
+        )
+    return observed
+
+
+def containers_observe(key: str, value: str) -> list[ObservedContainer]:
+    """Every container with the label, in one podman call."""
+    return parse_ps_json(run(ps_json_argv(key, value)))
+
+
+def networks_with_label(key: str, value: str) -> set[str]:
+    """The names of the networks carrying the label, in one podman call."""
+    entries = json.loads(run(network_ls_json_argv(key, value)) or "[]") or []
+    names = {entry.get("name") or entry.get("Name") for entry in entries if isinstance(entry, dict)}
+    return {name for name in names if isinstance(name, str) and name}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitState:
+    running: bool
+    exit_code: int | None
+    oom_killed: bool
+
+
+def container_exit_state(name: str) -> ExitState | None:
+    """Whether the container runs, its exit code and whether the OOM killer ended it; None if gone."""
+    try:
+        state = json.loads(run(inspect_state_argv(name)) or "{}") or {}
+    except PodmanNotFound:
+        return None
+    if not isinstance(state, dict):
+        return None
+    code = state.get("ExitCode")
+    return ExitState(
+        running=bool(state.get("Running")),
+        exit_code=int(code) if isinstance(code, int) else None,
+        oom_killed=bool(state.get("OOMKilled")),
+    )
 
 
 def oneoff_run(spec: ContainerSpec, *, timeout: float, remove: bool = True) -> tuple[int, str]:

@@ -769,3 +769,12 @@ def _translate_errors(step: str) -> Iterator[None]:
             transient=transient,
             sqlstate=sqlstate,
         ) from exc
+
+
+def pgbouncer_registered_roles() -> set[str] | None:
+    """The roles PgBouncer's auth_file lets in, from one read of the file; None when there is no
+    auth_file (no PgBouncer on this machine), so that nothing is "missing" from it."""
+    path = Path(settings.PGBOUNCER_AUTH_FILE) if settings.PGBOUNCER_AUTH_FILE else None
+    if path is None or not path.is_file():
+        return None
+    return {user for user in map(_userlist_user, _read_userlist(path)) if user}

@@ -142,12 +142,30 @@ class Deployment(auto_prefetch.Model):
 
 
 class Replica(auto_prefetch.Model):
-    """A container the platform started for a deployment: what it believes runs."""
+    """A replica the platform runs for a deployment: one container at a time under a fixed name.
+
+    The row is desired state (this index of this deployment should run) plus what the platform
+    last observed of it; podman's own view is read on every reconcile pass and never trusted
+    over the row."""
+
+    class State(models.TextChoices):
+        STARTING = "starting", "Starting"
+        RUNNING = "running", "Running"
+        CRASHED = "crashed", "Crashed"
+        RESTARTING = "restarting", "Restarting"
 
     deployment = auto_prefetch.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replicas")
     index = models.PositiveSmallIntegerField()
     name = models.CharField(max_length=128, unique=True)
     address = models.CharField(max_length=64, blank=True, default="")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.STARTING)
+    restarts = models.PositiveIntegerField(default=0, help_text="Replacements since the deployment started it.")
+    # Crashes since it last ran healthily for a while: the exponent of the restart backoff.
+    crash_streak = models.PositiveSmallIntegerField(default=0)
+    last_exit_code = models.IntegerField(null=True, blank=True)
+    last_exit_reason = models.CharField(max_length=32, blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True, help_text="When its current container started.")
+    next_restart_at = models.DateTimeField(null=True, blank=True, help_text="Crash-loop backoff: not before then.")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     objects: ClassVar[auto_prefetch.Manager[Replica]] = auto_prefetch.Manager()
@@ -155,6 +173,7 @@ class Replica(auto_prefetch.Model):
     class Meta(auto_prefetch.Model.Meta):
         ordering = ["deployment", "index"]
         constraints = [models.UniqueConstraint(fields=["deployment", "index"], name="replica_index_unique")]
+        indexes = [models.Index(fields=["state"])]
 
     def __str__(self) -> str:
         return self.name

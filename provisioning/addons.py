@@ -78,3 +78,23 @@ def addons_requeue_stalled() -> int:
             tasks.addon_deprovision.delay(str(addon.public_id))
         count += 1
     return count
+
+
+def addons_repair_auth() -> int:
+    """Ready add-ons whose role is missing from PgBouncer's auth_file (it was rewritten or lost)
+    are provisioned again, which re-registers them; one read of the file per pass."""
+    registered = postgres.pgbouncer_registered_roles()
+    if registered is None:
+        return 0
+    repaired = 0
+    for addon in Addon.objects.filter(state=Addon.State.READY).select_related("app", "app__tenant"):
+        if addon.role_name in registered:
+            continue
+        try:
+            provision(addon)
+        except postgres.PostgresError as exc:
+            logger.warning("postgres add-on auth entry could not be restored: %s", exc, extra=log_context(addon))
+            continue
+        logger.warning("postgres add-on auth entry restored", extra=log_context(addon))
+        repaired += 1
+    return repaired

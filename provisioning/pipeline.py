@@ -26,6 +26,7 @@ from django.db.models.functions import Concat
 from django.db.models.functions import Right
 from django.utils import timezone
 
+from caddy import routes as caddy_routes
 from caddy.client import CaddyClient
 from core.faults import PlatformError
 from core.faults import UserError
@@ -42,6 +43,7 @@ APP_IMAGE_REPO = "localhost/coltsfoot-app"
 DEPS_IMAGE_REPO = "localhost/coltsfoot-deps"
 LOG_MAX_CHARS = 512 * 1024
 PIDS_LIMIT = 256
+HEALTH_POLL_SECONDS = 0.1
 CA_BUNDLE_IN_CONTAINER = "/etc/ssl/certs/ca-certificates.crt"
 
 
@@ -322,6 +324,13 @@ def runtime_env(deployment: Deployment) -> Runtime:
     return Runtime(env=env, secret_env=secret_env, secret_values=tuple(resolved.secrets.values()))
 
 
+def resolve_secrets(deployment: Deployment) -> tuple[str, ...]:
+    """The secret values the deployment's output must be redacted of (creates nothing)."""
+    from platform_apps import config_vars
+
+    return tuple(config_vars.resolve_for_runtime(deployment.app).secrets.values())
+
+
 def remove_secrets(deployment: Deployment) -> None:
     prefix = f"cf-{deployment.public_id.hex}-"
     for name in podman.secret_list():
@@ -352,7 +361,7 @@ def release(deployment: Deployment, runtime: Runtime) -> None:
     Deployment.objects.filter(pk=deployment.pk).update(released=True)
 
 
-def _answers_http(client: httpx.Client, address: str) -> bool:
+def answers_http(client: httpx.Client, address: str) -> bool:
     """Any HTTP answer counts (even a 404 or 500): the web process is up and serving."""
     try:
         client.get(f"http://{address}:{APP_PORT}/")
@@ -361,48 +370,71 @@ def _answers_http(client: httpx.Client, address: str) -> bool:
     return True
 
 
+def health_client() -> httpx.Client:
+    """The client of the health gate: a short connect timeout, since a replica that is not
+    listening yet refuses at once and one whose sandbox died never answers."""
+    return httpx.Client(timeout=httpx.Timeout(2.0, connect=0.5), trust_env=False)
+
+
+def wait_until_serving(client: httpx.Client, name: str, address: str, deadline: float) -> bool:
+    """Poll until the replica answers HTTP (True), or exits or passes the deadline (False)."""
+    while not answers_http(client, address):
+        if time.monotonic() > deadline or not podman.container_is_running(name):
+            return False
+        time.sleep(HEALTH_POLL_SECONDS)
+    return True
+
+
+def replica_spec(deployment: Deployment, index: int, runtime: Runtime) -> podman.ContainerSpec:
+    """The container of one web replica; the reconciler starts replacements from the same spec."""
+    return _sandbox_spec(
+        deployment,
+        name=replica_name(deployment.public_id, index),
+        image=deployment.image_ref,
+        command=deployment.web_command,
+        role="web",
+        env=runtime.env,
+        secret_env=runtime.secret_env,
+    )
+
+
 def start_replicas(deployment: Deployment, runtime: Runtime) -> list[str]:
     """Start (or find) the deployment's replicas and wait until each answers HTTP; returns upstreams."""
     app = deployment.app
     network = tenant_network(app.tenant.public_id)
-    command = deployment.web_command
     names = [replica_name(deployment.public_id, i) for i in range(app.replicas)]
     step(deployment, f"Starting {len(names)} replica(s) under gVisor")
     for index, name in enumerate(names):
         if podman.container_is_running(name):
             continue
         podman.container_remove(name)  # a stopped leftover from a dead attempt holds the name
-        spec = _sandbox_spec(
-            deployment,
-            name=name,
-            image=deployment.image_ref,
-            command=command,
-            role="web",
-            env=runtime.env,
-            secret_env=runtime.secret_env,
+        podman.container_run_detached(replica_spec(deployment, index, runtime))
+        Replica.objects.update_or_create(
+            deployment=deployment,
+            index=index,
+            defaults={"name": name, "state": Replica.State.STARTING, "started_at": timezone.now()},
         )
-        podman.container_run_detached(spec)
-        Replica.objects.update_or_create(deployment=deployment, index=index, defaults={"name": name})
     deadline = time.monotonic() + float(settings.START_DEADLINE_SECONDS)
     upstreams = []
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
+    with health_client() as client:
         for index, name in enumerate(names):
             address = podman.container_address(name, network)
             Replica.objects.filter(deployment=deployment, index=index).update(address=address)
-            while not _answers_http(client, address):
-                if not podman.container_is_running(name) or time.monotonic() > deadline:
-                    output = podman.container_logs(name, tail=200)
-                    log_append(
-                        deployment,
-                        f"-----> Replica {index} did not answer HTTP on $PORT:\n{output}",
-                        secrets=runtime.secret_values,
-                    )
-                    raise UserError(
-                        "start.unhealthy",
-                        f"The web process did not answer HTTP on $PORT within {settings.START_DEADLINE_SECONDS} s; "
-                        "its last output is in the deployment log. The previous deployment keeps serving.",
-                    )
-                time.sleep(0.25)
+            if not wait_until_serving(client, name, address, deadline):
+                output = podman.container_logs(name, tail=200)
+                log_append(
+                    deployment,
+                    f"-----> Replica {index} did not answer HTTP on $PORT:\n{output}",
+                    secrets=runtime.secret_values,
+                )
+                raise UserError(
+                    "start.unhealthy",
+                    f"The web process did not answer HTTP on $PORT within {settings.START_DEADLINE_SECONDS} s; "
+                    "its last output is in the deployment log. The previous deployment keeps serving.",
+                )
+            Replica.objects.filter(deployment=deployment, index=index).exclude(state=Replica.State.RUNNING).update(
+                state=Replica.State.RUNNING
+            )
             upstreams.append(f"{address}:{APP_PORT}")
     step(deployment, "All replicas answer HTTP")
     return upstreams
@@ -431,7 +463,16 @@ def newer_deployment_exists(deployment: Deployment) -> bool:
 
 
 def upstreams_of(deployment: Deployment) -> list[str]:
-    return [f"{r.address}:{APP_PORT}" for r in Replica.objects.filter(deployment=deployment) if r.address]
+    """The upstreams of the deployment's replicas, but those known to have crashed."""
+    replicas = Replica.objects.filter(deployment=deployment).exclude(state=Replica.State.CRASHED)
+    return [f"{r.address}:{APP_PORT}" for r in replicas if r.address]
+
+
+def app_route_for(app: App, upstreams: list[str]) -> caddy_routes.JsonObject:
+    """The app's route to `upstreams`, or its 503 page when none serves."""
+    if upstreams:
+        return caddy_routes.app_route(app.public_id, [app.hostname], upstreams)
+    return caddy_routes.unavailable_route(app.public_id, [app.hostname])
 
 
 def route_switch(deployment: Deployment, upstreams: list[str]) -> bool:
@@ -449,7 +490,7 @@ def route_switch(deployment: Deployment, upstreams: list[str]) -> bool:
         if won:
             return True
         live = Deployment.objects.get(pk=App.objects.values_list("live_deployment", flat=True).get(pk=app.pk))
-        caddy.route_upsert(app.public_id, [app.hostname], upstreams_of(live))
+        caddy.route_set(app_route_for(app, upstreams_of(live)))
         return False
 
 

@@ -11,9 +11,11 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from datetime import timedelta
 from typing import Any
 
+import kombu.exceptions
 from celery import Task
 from celery import shared_task
 from celery.signals import worker_ready
@@ -34,6 +36,8 @@ from platform_apps.models import App
 from platform_apps.models import Deployment
 from provisioning import addons
 from provisioning import pipeline
+from provisioning.reconciler import lease as named_lease
+from provisioning.reconciler.runner import reconcile_pass
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,8 @@ BACKOFF_CAP_SECONDS = 60.0
 State = Deployment.State
 # The lease owner the reconciler leaves on a deployment it queued again: any task may claim it.
 REQUEUED = "requeued"
+# The broker being unreachable: what sending a task raises then.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError, kombu.exceptions.OperationalError)
 
 
 def backoff_seconds(retries: int) -> float:
@@ -298,18 +304,25 @@ def app_teardown(self: Task[Any, Any], app_id: str) -> None:
     logger.info("app deleted", extra=context)
 
 
-@shared_task(name="coltsfoot.reconcile")
-def reconcile() -> dict[str, int]:
-    """Periodic (beat) and at worker start: requeue work whose worker died or whose message was
-    lost. Leases make a duplicate harmless: the second task finds the lease held and stops."""
-    stale = timezone.now() - timedelta(seconds=settings.LEASE_SECONDS)
+RECONCILE_LEASE = "reconcile"
+
+
+def requeue_work(now: datetime | None = None) -> dict[str, int]:
+    """Queue again whatever work has no live task: deployments whose worker died (stale lease)
+    or whose message never reached a worker (queued and unclaimed for OUTBOX_SECONDS, e.g. the
+    broker was down when the API enqueued it), app deletions, stalled add-ons; finish
+    interrupted retirements. Leases make a duplicate harmless: the second task finds the lease
+    held and stops."""
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.LEASE_SECONDS)
+    unclaimed = now - timedelta(seconds=settings.OUTBOX_SECONDS)
     stuck = Deployment.objects.filter(state__in=Deployment.ACTIVE_STATES).filter(
-        Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True, created_at__lt=stale)
+        Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True, created_at__lt=unclaimed)
     )
     deployments = [str(pid) for pid in stuck.values_list("public_id", flat=True)]
     # Mark them requeued (a fresh heartbeat any task may claim), so the next sweep does not
     # queue them again while the first requeued task is still waiting for a worker.
-    stuck.filter(public_id__in=deployments).update(heartbeat_at=timezone.now(), lease_owner=REQUEUED)
+    stuck.filter(public_id__in=deployments).update(heartbeat_at=now, lease_owner=REQUEUED)
     for deployment_id in deployments:
         logger.info("requeueing stalled deployment", extra={"deployment_id": deployment_id})
         deployment_run.delay(deployment_id)
@@ -328,10 +341,38 @@ def reconcile() -> dict[str, int]:
     for deployment in leftovers:
         pipeline.remove_containers(deployment, graceful=deployment.state == State.SUPERSEDED)
     addon_count = addons.addons_requeue_stalled()
+    auth_repaired = addons.addons_repair_auth()
     from platform_apps.idempotency import purge_expired
 
     purged = purge_expired()
-    return {"deployments": len(deployments), "apps": len(deleting), "addons": addon_count, "idempotency": purged}
+    return {
+        "deployments": len(deployments),
+        "apps": len(deleting),
+        "addons": addon_count + auth_repaired,
+        "idempotency": purged,
+    }
+
+
+@shared_task(bind=True, name="coltsfoot.reconcile")
+def reconcile(self: Task[Any, Any]) -> dict[str, object]:
+    """Every COLTSFOOT_RECONCILE_SECONDS (beat), at worker start, and at a crashed replica's
+    restart time: queue lost work again, then compare what runs with what should run and repair
+    the difference. Passes never overlap: they hold a lease that expires if the worker dies."""
+    owner = str(self.request.id or uuid.uuid4())
+    if not named_lease.lease_acquire(RECONCILE_LEASE, owner, settings.RECONCILE_LEASE_SECONDS):
+        logger.debug("a reconcile pass is already running")
+        return {"skipped": True}
+    try:
+        counts: dict[str, object] = dict(requeue_work())
+        report = reconcile_pass()
+    finally:
+        named_lease.lease_release(RECONCILE_LEASE, owner)
+    counts["pass"] = report.as_dict()
+    if report.wake_in is not None and report.wake_in < settings.CELERY_BEAT_RECONCILE_SECONDS:
+        # A crashed replica's backoff ends before the next periodic pass: come back for it then.
+        with contextlib.suppress(*BROKER_ERRORS):
+            reconcile.apply_async(countdown=max(0.5, report.wake_in))
+    return counts
 
 
 @worker_ready.connect

@@ -39,10 +39,14 @@ def routes() -> Iterator[FakeRoutes]:
     fake = FakeRoutes()
     client = mock.create_autospec(CaddyClient, instance=True)
     client.__enter__.return_value = client
-    client.route_upsert.side_effect = fake.route_upsert
-    client.route_delete.side_effect = fake.route_delete
+    for operation in ("route_upsert", "route_set", "route_delete", "route_delete_id", "edge_routes", "edge_load"):
+        getattr(client, operation).side_effect = getattr(fake, operation)
     with contextlib.ExitStack() as stack:
-        for target in ("provisioning.pipeline.CaddyClient", "provisioning.tasks.CaddyClient"):
+        for target in (
+            "provisioning.pipeline.CaddyClient",
+            "provisioning.tasks.CaddyClient",
+            "provisioning.reconciler.runner.CaddyClient",
+        ):
             cls = stack.enter_context(mock.patch(target, autospec=True))
             cls.from_settings.return_value = client
         yield fake

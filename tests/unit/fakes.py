@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Max
 
+from caddy import routes as caddy_routes
 from drivers import podman
 from platform_apps.models import App
 from platform_apps.models import Deployment
@@ -42,6 +44,9 @@ class FakeContainer:
     answers_http: bool
     output: str
     stopped_gracefully: bool = False
+    exit_code: int = 0
+    oom_killed: bool = False
+    created_at: float = 0.0
 
     @property
     def name(self) -> str:
@@ -84,6 +89,7 @@ class FakePodman:
         # Called after a container started: lets a test make the world change mid-pipeline.
         self.on_start: Callable[[podman.ContainerSpec], None] | None = None
         self._addresses = itertools.count(2)
+        self.observations = 0  # calls of containers_observe (one per reconcile pass)
         self._ids = itertools.count(1)
 
     # -- test controls -------------------------------------------------------------------
@@ -191,6 +197,7 @@ class FakePodman:
         broken = spec.image in self.broken_images
         self.containers[spec.name] = FakeContainer(
             spec,
+            created_at=time.time(),
             address=f"10.89.0.{next(self._addresses)}",
             running=not broken,
             answers_http=not broken and spec.image not in self.deaf_images,
@@ -233,6 +240,42 @@ class FakePodman:
     def containers_with_label(self, key: str, value: str) -> list[str]:
         return [name for name, container in self.containers.items() if container.labels.get(key) == value]
 
+    def kill(self, name: str, *, exit_code: int = 137, oom: bool = False) -> None:
+        """The container dies as `podman kill` (or the OOM killer) would leave it: exited, still there."""
+        container = self.containers[name]
+        container.running = False
+        container.exit_code = exit_code
+        container.oom_killed = oom
+
+    def containers_observe(self, key: str, value: str) -> list[podman.ObservedContainer]:
+        self.observations += 1
+        return [
+            podman.ObservedContainer(
+                name=name,
+                labels=container.labels,
+                state="running" if container.running else "exited",
+                exit_code=0 if container.running else container.exit_code,
+                started_at=container.created_at,
+                exited_at=0.0,
+                created_at=container.created_at,
+            )
+            for name, container in self.containers.items()
+            if container.labels.get(key) == value
+        ]
+
+    def networks_with_label(self, key: str, value: str) -> set[str]:
+        return {name for name, labels in self.networks.items() if labels.get(key) == value}
+
+    def container_exit_state(self, name: str) -> podman.ExitState | None:
+        container = self.containers.get(name)
+        if container is None:
+            return None
+        return podman.ExitState(
+            running=container.running,
+            exit_code=None if container.running else container.exit_code,
+            oom_killed=container.oom_killed,
+        )
+
     def secret_set(self, name: str, value: str) -> None:
         self.secrets[name] = value
 
@@ -252,26 +295,63 @@ PODMAN_OPERATIONS = tuple(
 
 
 class FakeRoutes:
-    """Caddy's app routes, as `CaddyClient.route_upsert`/`route_delete` leave them."""
+    """Caddy's edge routes, as the client's operations leave them: the raw route JSON by `@id`,
+    and `table`, each app's upstreams ([] while it answers the 503 page)."""
 
     def __init__(self) -> None:
-        self.table: dict[uuid.UUID, list[str]] = {}
+        self.raw: dict[str, dict[str, Any]] = {}
+        self.has_edge = True
         self.writes = 0
+        self.reads = 0
+        self.loads = 0
         self.deletes: list[uuid.UUID] = []
         # Called after each upsert: lets a test make another deployment win the race.
         self.on_upsert: Callable[[uuid.UUID], None] | None = None
 
+    @property
+    def table(self) -> dict[uuid.UUID, list[str]]:
+        return {uuid.UUID(rid.removeprefix("app-")): _dials(route) for rid, route in self.raw.items()}
+
     def route_upsert(self, app_id: uuid.UUID, hostnames: list[str], upstreams: list[str]) -> None:
         assert upstreams, "a route without upstreams"
+        self.route_set(caddy_routes.app_route(app_id, hostnames, upstreams))
+
+    def route_set(self, route: dict[str, Any]) -> None:
         self.writes += 1
-        self.table[app_id] = list(upstreams)
+        rid = str(route["@id"])
+        self.raw[rid] = route
         if self.on_upsert is not None:
             hook, self.on_upsert = self.on_upsert, None
-            hook(app_id)
+            hook(uuid.UUID(rid.removeprefix("app-")))
 
     def route_delete(self, app_id: uuid.UUID) -> None:
         self.deletes.append(app_id)
-        self.table.pop(app_id, None)
+        self.raw.pop(caddy_routes.route_id(app_id), None)
+
+    def route_delete_id(self, rid: str) -> None:
+        self.deletes.append(uuid.UUID(rid.removeprefix("app-")))
+        self.raw.pop(rid, None)
+
+    def edge_routes(self) -> list[dict[str, Any]] | None:
+        self.reads += 1
+        if not self.has_edge:
+            return None
+        return [*self.raw.values(), caddy_routes.catchall_route()]
+
+    def edge_load(self, app_routes: list[dict[str, Any]]) -> None:
+        self.loads += 1
+        self.has_edge = True
+        self.raw = {str(route["@id"]): route for route in app_routes}
+
+    def restart_empty(self) -> None:
+        """Caddy restarted without its config."""
+        self.has_edge = False
+        self.raw = {}
+
+
+def _dials(route: dict[str, Any]) -> list[str]:
+    handler = route["handle"][0]
+    return [upstream["dial"] for upstream in handler.get("upstreams", [])]
 
 
 # --- The health check -------------------------------------------------------------------------

@@ -1,0 +1,34 @@
+"""Named leases in the platform DB: at most one holder at a time, and a holder that dies loses
+its lease when it expires. Claimed with one conditional UPDATE (no SELECT ... FOR UPDATE, which
+SQLite does not have)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db import IntegrityError
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from provisioning.models import Lease
+
+
+def lease_acquire(name: str, owner: str, seconds: float) -> bool:
+    """Take (or renew) the lease for `seconds`; False while someone else holds it."""
+    now = timezone.now()
+    if not Lease.objects.filter(name=name).exists():
+        try:
+            with transaction.atomic():
+                Lease.objects.create(name=name, owner="", expires_at=now)
+        except IntegrityError:
+            pass  # created by a concurrent first claimer: fall through to the race below
+    return bool(
+        Lease.objects.filter(name=name)
+        .filter(Q(owner="") | Q(owner=owner) | Q(expires_at__lt=now))
+        .update(owner=owner, expires_at=now + timedelta(seconds=seconds))
+    )
+
+
+def lease_release(name: str, owner: str) -> None:
+    Lease.objects.filter(name=name, owner=owner).update(owner="", expires_at=timezone.now())

@@ -1,0 +1,141 @@
+"""The reconciler's decisions, as pure functions of desired state, observed state and the time.
+
+Two phases, because routes depend on the outcome of the replica repairs: `plan_replicas` first
+(networks, dead replicas, health checks, orphans), then, once those actions ran, `plan_routes`
+over the replicas that serve. Nothing here calls podman, Caddy or the DB.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from datetime import timedelta
+
+from caddy.routes import CATCHALL_ROUTE_ID
+from caddy.routes import app_route
+from caddy.routes import route_id
+from caddy.routes import unavailable_route
+from provisioning.reconciler.state import Desired
+from provisioning.reconciler.state import EdgeLoad
+from provisioning.reconciler.state import JsonObject
+from provisioning.reconciler.state import LiveApp
+from provisioning.reconciler.state import NetworkCreate
+from provisioning.reconciler.state import Observed
+from provisioning.reconciler.state import OrphanRemove
+from provisioning.reconciler.state import ReplicaAction
+from provisioning.reconciler.state import ReplicaCheck
+from provisioning.reconciler.state import ReplicaExited
+from provisioning.reconciler.state import ReplicaStart
+from provisioning.reconciler.state import ReplicaSteady
+from provisioning.reconciler.state import RouteAction
+from provisioning.reconciler.state import RouteRemove
+from provisioning.reconciler.state import RouteSet
+
+RUNNING = "running"
+CRASHED = "crashed"
+# Deployment states in which the pipeline owns the deployment's containers.
+IN_FLIGHT = frozenset({"queued", "building", "starting"})
+SIGKILL_EXIT_CODE = 137
+ROUTE_ID_PREFIX = "app-"
+
+
+def restart_delay(crash_streak: int, *, base: float, cap: float) -> float:
+    """Seconds to wait before restarting a replica that crashed `crash_streak` times in a row:
+    base, 2 base, 4 base, ... capped. A replica that vanished without crashing has streak 0."""
+    if crash_streak <= 0:
+        return 0.0
+    return float(min(cap, base * 2 ** min(crash_streak - 1, 30)))
+
+
+def exit_reason(exit_code: int | None, *, present: bool) -> str:
+    if not present:
+        return "vanished"
+    if exit_code == SIGKILL_EXIT_CODE:
+        return "killed"
+    return "exited"
+
+
+def plan_replicas(
+    desired: Desired, observed: Observed, now: datetime, *, steady_after: timedelta, orphan_grace: timedelta
+) -> list[ReplicaAction]:
+    actions: list[ReplicaAction] = []
+    networks = {(app.network, app.tenant_id) for app in desired.apps}
+    actions += [
+        NetworkCreate(network, tenant) for network, tenant in sorted(networks) if network not in observed.networks
+    ]
+    wanted: set[str] = set()
+    for app in desired.apps:
+        for replica in app.replicas:
+            wanted.add(replica.name)
+            container = observed.containers.get(replica.name)
+            if container is not None and container.running:
+                if replica.state != RUNNING:
+                    actions.append(ReplicaCheck(app, replica))
+                elif replica.crash_streak and replica.started_at and now - replica.started_at >= steady_after:
+                    actions.append(ReplicaSteady(replica))
+                continue
+            if replica.state != CRASHED:
+                code = container.exit_code if container is not None else None
+                reason = exit_reason(code, present=container is not None)
+                actions.append(ReplicaExited(app, replica, code, reason, container_present=container is not None))
+            elif replica.next_restart_at is None or replica.next_restart_at <= now:
+                actions.append(ReplicaStart(app, replica))
+    for name in sorted(set(observed.containers) - wanted):
+        reason = _orphan_reason(desired, observed, name, now, orphan_grace)
+        if reason:
+            actions.append(OrphanRemove(name, reason))
+    return actions
+
+
+def _orphan_reason(desired: Desired, observed: Observed, name: str, now: datetime, grace: timedelta) -> str:
+    """Why this installation's container should go, or "" to leave it (yet)."""
+    container = observed.containers[name]
+    if container.created_at and now.timestamp() - container.created_at < grace.total_seconds():
+        return ""
+    label = container.labels.get("coltsfoot.deployment", "")
+    try:
+        deployment_id = uuid.UUID(label)
+    except ValueError:
+        return "no deployment label"
+    known = desired.deployments.get(deployment_id)
+    if known is None:
+        return "unknown deployment"
+    if known.state in IN_FLIGHT:
+        return ""  # the pipeline is working with it
+    if known.state == "live":
+        return "not a replica of the live deployment" if container.labels.get("coltsfoot.role") == "web" else ""
+    if known.finished_at is not None and now - known.finished_at < grace:
+        return ""  # its own retirement may still be draining it
+    return f"deployment {known.state}"
+
+
+def desired_route(app: LiveApp, serving: frozenset[str], port: int) -> JsonObject:
+    """The app's route: its serving replicas in index order, or the 503 page if none serves."""
+    ordered = sorted(app.replicas, key=lambda r: r.index)
+    upstreams = [f"{r.address}:{port}" for r in ordered if r.name in serving and r.address]
+    hostnames = list(app.hostnames)
+    if upstreams:
+        return app_route(app.app_id, hostnames, upstreams)
+    return unavailable_route(app.app_id, hostnames)
+
+
+def plan_routes(desired: Desired, observed: Observed, serving: frozenset[str], *, port: int) -> list[RouteAction]:
+    wanted = {route_id(app.app_id): (app, desired_route(app, serving, port)) for app in desired.apps}
+    if observed.routes is None or not observed.catchall:
+        return [EdgeLoad(tuple(route for _app, route in wanted.values()))]
+    actions: list[RouteAction] = []
+    for rid, (app, route) in wanted.items():
+        if app.switching:
+            continue  # the deploy in flight switches this route itself
+        if observed.routes.get(rid) != route:
+            actions.append(RouteSet(app.app_id, route))
+    for rid in sorted(set(observed.routes) - set(wanted)):
+        if rid == CATCHALL_ROUTE_ID or not rid.startswith(ROUTE_ID_PREFIX):
+            continue
+        try:
+            app_id = uuid.UUID(rid.removeprefix(ROUTE_ID_PREFIX))
+        except ValueError:
+            continue
+        if app_id not in desired.apps_routing_soon:
+            actions.append(RouteRemove(rid))
+    return actions

@@ -1,0 +1,139 @@
+"""What the reconciler compares: the desired state read from the platform DB, the actual state
+observed from podman and Caddy, and the actions that move one toward the other.
+
+Plain frozen dataclasses, so the planner is a pure function that unit tests drive as a table.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import datetime
+from typing import Any
+
+from drivers.podman import ObservedContainer
+
+type JsonObject = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReplicaRow:
+    """One Replica row of a live deployment: a replica that should run."""
+
+    pk: int
+    index: int
+    name: str
+    state: str
+    address: str
+    crash_streak: int
+    started_at: datetime | None
+    next_restart_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LiveApp:
+    """An app with a live deployment, and that deployment's replicas."""
+
+    app_id: uuid.UUID
+    tenant_id: uuid.UUID
+    deployment_id: uuid.UUID
+    network: str
+    hostnames: tuple[str, ...]
+    replicas: tuple[ReplicaRow, ...]
+    # A deployment of the app is starting: the pipeline owns the route until it is live.
+    switching: bool = False
+
+
+@dataclass(frozen=True)
+class KnownDeployment:
+    state: str
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Desired:
+    apps: tuple[LiveApp, ...]
+    # Every deployment of this installation that an observed container names, by id.
+    deployments: dict[uuid.UUID, KnownDeployment] = field(default_factory=dict)
+    # App ids that may have a route although they are not live (a first deploy is starting).
+    apps_routing_soon: frozenset[uuid.UUID] = frozenset()
+
+
+@dataclass(frozen=True)
+class Observed:
+    containers: dict[str, ObservedContainer]
+    # The edge server's routes by `@id`; None when Caddy has no edge server at all.
+    routes: dict[str, JsonObject] | None
+    networks: frozenset[str]
+    # Whether the catch-all route is there (only meaningful when `routes` is not None).
+    catchall: bool = True
+
+
+# --- Actions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetworkCreate:
+    network: str
+    tenant_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class ReplicaExited:
+    """A replica that should run is not running: record why, then restart it (now or later)."""
+
+    app: LiveApp
+    replica: ReplicaRow
+    exit_code: int | None
+    reason: str  # exited, killed, vanished (check for oom_killed happens when acting)
+    container_present: bool
+
+
+@dataclass(frozen=True)
+class ReplicaStart:
+    """Start a replacement container for a crashed replica whose backoff has passed."""
+
+    app: LiveApp
+    replica: ReplicaRow
+
+
+@dataclass(frozen=True)
+class ReplicaCheck:
+    """The container runs but has not passed the health gate yet."""
+
+    app: LiveApp
+    replica: ReplicaRow
+
+
+@dataclass(frozen=True)
+class ReplicaSteady:
+    """Ran healthily long enough: the crash-loop backoff starts over."""
+
+    replica: ReplicaRow
+
+
+@dataclass(frozen=True)
+class OrphanRemove:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RouteSet:
+    app_id: uuid.UUID
+    route: JsonObject
+
+
+@dataclass(frozen=True)
+class RouteRemove:
+    route_id: str
+
+
+@dataclass(frozen=True)
+class EdgeLoad:
+    routes: tuple[JsonObject, ...]
+
+
+type ReplicaAction = NetworkCreate | ReplicaExited | ReplicaStart | ReplicaCheck | ReplicaSteady | OrphanRemove
+type RouteAction = RouteSet | RouteRemove | EdgeLoad
