@@ -758,9 +758,7 @@ def test_app_teardown_of_an_active_app_does_nothing(
 # === Reconcile ================================================================================
 
 
-def test_reconcile_requeues_only_deployments_whose_lease_is_stale(
-    app: App, settings: Any, fake_podman: FakePodman, routes: FakeRoutes
-):
+def test_reconcile_requeues_only_deployments_whose_lease_is_stale(app: App, settings: Any):
     now = timezone.now()
     old = now - timedelta(seconds=settings.LEASE_SECONDS + 30)
     recent = now - timedelta(seconds=settings.LEASE_SECONDS // 2)
@@ -800,9 +798,7 @@ def test_reconcile_requeues_only_deployments_whose_lease_is_stale(
     teardown_delay.assert_not_called()
 
 
-def test_reconcile_queues_a_stalled_deployment_once_and_any_worker_can_take_it(
-    app: App, settings: Any, fake_podman: FakePodman, routes: FakeRoutes
-):
+def test_reconcile_queues_a_stalled_deployment_once_and_any_worker_can_take_it(app: App, settings: Any):
     old = timezone.now() - timedelta(seconds=settings.LEASE_SECONDS + 30)
     stalled = archive_deployment(app)
     Deployment.objects.filter(pk=stalled.pk).update(

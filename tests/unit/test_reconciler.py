@@ -1,0 +1,532 @@
+"""The reconciler: the planner's decisions as a table, and whole passes against the podman and
+Caddy fakes (tests/unit/fakes.py), looking at what results: containers, rows, routes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from caddy import routes as caddy_routes
+from drivers import podman
+from platform_apps.models import App
+from platform_apps.models import Deployment
+from platform_apps.models import Replica
+from provisioning import pipeline
+from provisioning import tasks
+from provisioning.reconciler import lease
+from provisioning.reconciler import planner
+from provisioning.reconciler.runner import reconcile_pass
+from provisioning.reconciler.state import Desired
+from provisioning.reconciler.state import EdgeLoad
+from provisioning.reconciler.state import KnownDeployment
+from provisioning.reconciler.state import LiveApp
+from provisioning.reconciler.state import NetworkCreate
+from provisioning.reconciler.state import Observed
+from provisioning.reconciler.state import OrphanRemove
+from provisioning.reconciler.state import ReplicaCheck
+from provisioning.reconciler.state import ReplicaExited
+from provisioning.reconciler.state import ReplicaRow
+from provisioning.reconciler.state import ReplicaStart
+from provisioning.reconciler.state import ReplicaSteady
+from provisioning.reconciler.state import RouteRemove
+from provisioning.reconciler.state import RouteSet
+from tests.unit.fakes import FakePodman
+from tests.unit.fakes import FakeRoutes
+from tests.unit.fakes import archive_deployment
+from tests.unit.fakes import make_app
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.get_current_timezone())
+APP_ID = uuid.UUID("11111111-1111-4111-8111-111111111111")
+TENANT_ID = uuid.UUID("22222222-2222-4222-8222-222222222222")
+DEPLOYMENT_ID = uuid.UUID("33333333-3333-4333-8333-333333333333")
+NETWORK = "cf-t-tenant"
+STEADY = timedelta(seconds=60)
+GRACE = timedelta(seconds=60)
+
+
+# === The planner (pure) ========================================================================
+
+
+def row(index: int = 0, state: str = "running", **fields: Any) -> ReplicaRow:
+    values: dict[str, Any] = {
+        "pk": index + 1,
+        "index": index,
+        "name": f"tsl-{DEPLOYMENT_ID}-{index}",
+        "state": state,
+        "address": f"10.89.0.{index + 2}",
+        "crash_streak": 0,
+        "started_at": NOW - timedelta(minutes=5),
+        "next_restart_at": None,
+        **fields,
+    }
+    return ReplicaRow(**values)
+
+
+def live(*replicas: ReplicaRow, switching: bool = False, app_id: uuid.UUID = APP_ID) -> LiveApp:
+    return LiveApp(
+        app_id=app_id,
+        tenant_id=TENANT_ID,
+        deployment_id=DEPLOYMENT_ID,
+        network=NETWORK,
+        hostnames=("shop-acme.localhost",),
+        replicas=replicas,
+        switching=switching,
+    )
+
+
+def container(
+    name: str,
+    *,
+    running: bool = True,
+    exit_code: int = 0,
+    age: float = 3600.0,
+    deployment: uuid.UUID = DEPLOYMENT_ID,
+    role: str = "web",
+) -> podman.ObservedContainer:
+    return podman.ObservedContainer(
+        name=name,
+        labels={"coltsfoot.deployment": str(deployment), "coltsfoot.role": role},
+        state="running" if running else "exited",
+        exit_code=exit_code,
+        started_at=NOW.timestamp() - age,
+        exited_at=0.0,
+        created_at=NOW.timestamp() - age,
+    )
+
+
+def observed(
+    *containers: podman.ObservedContainer, networks: tuple[str, ...] = (NETWORK,), routes: dict[str, Any] | None = None
+) -> Observed:
+    return Observed(
+        containers={c.name: c for c in containers},
+        routes={} if routes is None else routes,
+        networks=frozenset(networks),
+    )
+
+
+def plan(desired: Desired, seen: Observed) -> list[Any]:
+    return planner.plan_replicas(desired, seen, NOW, steady_after=STEADY, orphan_grace=GRACE)
+
+
+R0 = row(0)
+NAME0 = R0.name
+
+
+@pytest.mark.parametrize(
+    ("replica", "seen", "expected"),
+    [
+        pytest.param(R0, observed(container(NAME0)), [], id="running as it should: nothing"),
+        pytest.param(
+            R0,
+            observed(container(NAME0, running=False, exit_code=1)),
+            [ReplicaExited(live(R0), R0, 1, "exited", container_present=True)],
+            id="exited with an error",
+        ),
+        pytest.param(
+            R0,
+            observed(container(NAME0, running=False, exit_code=137)),
+            [ReplicaExited(live(R0), R0, 137, "killed", container_present=True)],
+            id="killed",
+        ),
+        pytest.param(
+            R0, observed(), [ReplicaExited(live(R0), R0, None, "vanished", container_present=False)], id="vanished"
+        ),
+        pytest.param(
+            row(0, "crashed", next_restart_at=NOW + timedelta(seconds=5)),
+            observed(container(NAME0, running=False, exit_code=1)),
+            [],
+            id="crashed, backing off: wait",
+        ),
+        pytest.param(
+            row(0, "crashed", next_restart_at=NOW - timedelta(seconds=1)),
+            observed(container(NAME0, running=False, exit_code=1)),
+            [
+                ReplicaStart(
+                    live(row(0, "crashed", next_restart_at=NOW - timedelta(seconds=1))),
+                    row(0, "crashed", next_restart_at=NOW - timedelta(seconds=1)),
+                )
+            ],
+            id="crashed, backoff over: restart",
+        ),
+        pytest.param(
+            row(0, "restarting"),
+            observed(container(NAME0)),
+            [ReplicaCheck(live(row(0, "restarting")), row(0, "restarting"))],
+            id="restarted, not yet serving: health check",
+        ),
+        pytest.param(
+            row(0, crash_streak=3, started_at=NOW - timedelta(minutes=2)),
+            observed(container(NAME0)),
+            [ReplicaSteady(row(0, crash_streak=3, started_at=NOW - timedelta(minutes=2)))],
+            id="ran healthily long enough: backoff starts over",
+        ),
+        pytest.param(
+            row(0, crash_streak=3, started_at=NOW - timedelta(seconds=10)),
+            observed(container(NAME0)),
+            [],
+            id="running again, not long enough to forget the crashes",
+        ),
+    ],
+)
+def test_replica_decisions(replica: ReplicaRow, seen: Observed, expected: list[Any]):
+    assert plan(Desired(apps=(live(replica),)), seen) == expected
+
+
+def test_a_missing_tenant_network_is_created_before_anything_else():
+    actions = plan(Desired(apps=(live(R0),)), observed(container(NAME0), networks=()))
+    assert actions == [NetworkCreate(NETWORK, TENANT_ID)]
+
+
+OLD = uuid.UUID("44444444-4444-4444-8444-444444444444")
+
+
+@pytest.mark.parametrize(
+    ("known", "age", "role", "expected_reason"),
+    [
+        pytest.param(None, 3600, "web", "unknown deployment", id="unknown to the DB, old: removed"),
+        pytest.param(None, 5, "web", "", id="unknown but brand new: grace"),
+        pytest.param(KnownDeployment("building", None), 3600, "deps", "", id="its deployment is in flight"),
+        pytest.param(KnownDeployment("starting", None), 3600, "web", "", id="a deploy is starting it"),
+        pytest.param(
+            KnownDeployment("superseded", NOW - timedelta(hours=1)), 3600, "web", "deployment superseded", id="retired"
+        ),
+        pytest.param(KnownDeployment("superseded", NOW - timedelta(seconds=5)), 3600, "web", "", id="draining"),
+        pytest.param(
+            KnownDeployment("failed", NOW - timedelta(hours=1)), 3600, "web", "deployment failed", id="failed"
+        ),
+        pytest.param(KnownDeployment("live", None), 3600, "web", "not a replica of the live deployment", id="extra"),
+        pytest.param(KnownDeployment("live", None), 3600, "release", "", id="live deployment's one-off"),
+    ],
+)
+def test_orphans(known: KnownDeployment | None, age: float, role: str, expected_reason: str):
+    name = f"tsl-{OLD}-7"
+    deployments = {OLD: known} if known else {}
+    desired = Desired(apps=(live(R0),), deployments=deployments)
+    actions = plan(desired, observed(container(NAME0), container(name, age=age, deployment=OLD, role=role)))
+    assert actions == ([OrphanRemove(name, expected_reason)] if expected_reason else [])
+
+
+def test_containers_without_a_deployment_label_are_orphans_after_the_grace():
+    stray = podman.ObservedContainer("stray", {}, "running", 0, 0.0, 0.0, NOW.timestamp() - 3600)
+    assert plan(Desired(apps=()), Observed({"stray": stray}, {}, frozenset())) == [
+        OrphanRemove("stray", "no deployment label")
+    ]
+
+
+def test_restart_backoff_doubles_from_the_base_up_to_the_cap():
+    delays = [planner.restart_delay(streak, base=1, cap=300) for streak in range(12)]
+    assert delays == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+
+
+def routes_of(app: LiveApp, serving: set[str]) -> dict[str, Any]:
+    route = planner.desired_route(app, frozenset(serving), 8000)
+    return {route["@id"]: route}
+
+
+@pytest.mark.parametrize(
+    ("app", "serving", "seen_routes", "expected"),
+    [
+        pytest.param(live(R0, row(1)), {R0.name, row(1).name}, "same", [], id="the route is right: nothing"),
+        pytest.param(
+            live(R0, row(1)),
+            {R0.name, row(1).name},
+            {},
+            [
+                RouteSet(
+                    APP_ID,
+                    caddy_routes.app_route(APP_ID, ["shop-acme.localhost"], ["10.89.0.2:8000", "10.89.0.3:8000"]),
+                )
+            ],
+            id="missing: pushed",
+        ),
+        pytest.param(
+            live(R0, row(1)),
+            {row(1).name},
+            routes_of(live(R0, row(1)), {R0.name, row(1).name}),
+            [RouteSet(APP_ID, caddy_routes.app_route(APP_ID, ["shop-acme.localhost"], ["10.89.0.3:8000"]))],
+            id="a dead replica's upstream is dropped",
+        ),
+        pytest.param(
+            live(R0),
+            set(),
+            routes_of(live(R0), {R0.name}),
+            [RouteSet(APP_ID, caddy_routes.unavailable_route(APP_ID, ["shop-acme.localhost"]))],
+            id="none serves: the 503 page",
+        ),
+        pytest.param(live(R0, switching=True), set(), {}, [], id="a deploy is switching it: hands off"),
+    ],
+)
+def test_route_decisions(app: LiveApp, serving: set[str], seen_routes: Any, expected: list[Any]):
+    desired = Desired(apps=(app,))
+    routes = routes_of(app, serving) if seen_routes == "same" else seen_routes
+    seen = Observed({}, routes, frozenset([NETWORK]))
+    assert planner.plan_routes(desired, seen, frozenset(serving), port=8000) == expected
+
+
+def test_a_caddy_without_its_config_gets_every_route_back_in_one_load():
+    other = uuid.UUID("55555555-5555-4555-8555-555555555555")
+    apps = (live(R0), live(row(1), app_id=other))
+    desired = Desired(apps=apps)
+    seen = Observed({}, None, frozenset([NETWORK]), catchall=False)
+    actions = planner.plan_routes(desired, seen, frozenset({R0.name, row(1).name}), port=8000)
+    assert actions == [EdgeLoad(tuple(planner.desired_route(a, frozenset({R0.name, row(1).name}), 8000) for a in apps))]
+
+
+def test_routes_of_apps_the_platform_does_not_serve_are_removed_but_not_those_about_to_go_live():
+    stale, soon = uuid.uuid4(), uuid.uuid4()
+    routes = {
+        caddy_routes.route_id(stale): {},
+        caddy_routes.route_id(soon): {},
+        caddy_routes.CATCHALL_ROUTE_ID: {},
+        "someone-elses": {},
+    }
+    desired = Desired(apps=(), apps_routing_soon=frozenset({soon}))
+    actions = planner.plan_routes(desired, Observed({}, routes, frozenset()), frozenset(), port=8000)
+    assert actions == [RouteRemove(caddy_routes.route_id(stale))]
+
+
+# === Whole passes against the fakes ==============================================================
+
+
+@pytest.fixture
+def _seams(db: None, pipeline_settings: None, fake_podman: FakePodman, routes: FakeRoutes, http: Any) -> None:
+    pass
+
+
+@pytest.fixture
+def app(_seams: None) -> App:
+    return make_app(replicas=2)
+
+
+def go_live(app: App) -> Deployment:
+    deployment = archive_deployment(app)
+    tasks.drive(deployment.public_id)
+    deployment = Deployment.objects.select_related("app", "app__tenant").get(pk=deployment.pk)
+    assert deployment.state == Deployment.State.LIVE, deployment.log
+    return deployment
+
+
+def podman_calls() -> dict[str, int]:
+    """How often each (patched) podman operation was called."""
+    return {
+        name: getattr(podman, name).call_count
+        for name in vars(FakePodman)
+        if not name.startswith("_")
+        and hasattr(getattr(podman, name, None), "call_count")
+        and getattr(podman, name).call_count
+    }
+
+
+def reset_calls() -> None:
+    for name in vars(FakePodman):
+        operation = getattr(podman, name, None)
+        if hasattr(operation, "reset_mock"):
+            operation.reset_mock()
+
+
+def replicas_of(deployment: Deployment) -> list[Replica]:
+    return list(Replica.objects.filter(deployment=deployment).order_by("index"))
+
+
+def test_a_pass_with_nothing_to_do_observes_once_and_changes_nothing(
+    app: App, fake_podman: FakePodman, routes: FakeRoutes
+):
+    go_live(app)
+    go_live(make_app(name="blog", replicas=1))
+    go_live(make_app(slug="other", name="shop", replicas=3))
+    writes, started = routes.writes, list(fake_podman.started)
+    reset_calls()
+    routes.reads = 0
+
+    report = reconcile_pass()
+
+    assert report.actions == {}
+    assert report.errors == 0
+    assert podman_calls() == {"containers_observe": 1, "networks_with_label": 1}
+    assert routes.reads == 1
+    assert routes.writes == writes
+    assert routes.loads == 0
+    assert fake_podman.started == started
+
+
+def test_a_killed_replica_is_replaced_and_the_route_follows(app: App, fake_podman: FakePodman, routes: FakeRoutes):
+    live_deployment = go_live(app)
+    first, second = (r.name for r in replicas_of(live_deployment))
+    fake_podman.kill(first)
+
+    report = reconcile_pass()  # records the crash; backoff starts at 1 s
+    assert report.wake_in == 1.0
+    crashed = replicas_of(live_deployment)[0]
+    assert (crashed.state, crashed.last_exit_code, crashed.last_exit_reason) == ("crashed", 137, "killed")
+    assert routes.table[app.public_id] == [f"{fake_podman.containers[second].address}:8000"]
+
+    reconcile_pass(now=timezone.now() + timedelta(seconds=2))
+
+    restarted = replicas_of(live_deployment)[0]
+    assert (restarted.state, restarted.restarts) == ("running", 1)
+    assert fake_podman.containers[first].running
+    assert sorted(routes.table[app.public_id]) == sorted(
+        f"{fake_podman.containers[name].address}:8000" for name in (first, second)
+    )
+    log = Deployment.objects.get(pk=live_deployment.pk).log
+    assert "web.1 was killed with exit code 137; restarting it in 1 s" in log
+    assert "web.1 answers HTTP again" in log
+
+
+def test_a_vanished_replica_is_started_again_in_the_same_pass(app: App, fake_podman: FakePodman, routes: FakeRoutes):
+    live_deployment = go_live(app)
+    for name in list(fake_podman.containers):
+        fake_podman.container_remove(name)  # a host reboot, or make down
+
+    reconcile_pass()
+
+    assert [r.state for r in replicas_of(live_deployment)] == ["running", "running"]
+    assert [r.crash_streak for r in replicas_of(live_deployment)] == [0, 0]  # not the app's fault
+    assert len(routes.table[app.public_id]) == 2
+
+
+def test_a_crash_looping_replica_backs_off_and_says_why(app: App, fake_podman: FakePodman, routes: FakeRoutes):
+    live_deployment = go_live(app)
+    name = replicas_of(live_deployment)[0].name
+    fake_podman.broken_images.add(live_deployment.image_ref)  # every new container dies at once
+    fake_podman.output[live_deployment.image_ref] = "Traceback: ImportError: no module named flask\n"
+    fake_podman.kill(name, exit_code=1)
+
+    now = timezone.now()
+    delays = []
+    for _ in range(4):
+        report = reconcile_pass(now=now)
+        replica = replicas_of(live_deployment)[0]
+        assert replica.state == "crashed"
+        assert replica.next_restart_at is not None
+        delays.append((replica.next_restart_at - now).total_seconds())
+        now = replica.next_restart_at + timedelta(milliseconds=1)
+    assert delays == [1.0, 2.0, 4.0, 8.0]
+    assert report.errors == 0
+    assert "ImportError: no module named flask" in Deployment.objects.get(pk=live_deployment.pk).log
+
+
+def test_an_out_of_memory_kill_is_named_as_such(app: App, fake_podman: FakePodman):
+    live_deployment = go_live(app)
+    fake_podman.kill(replicas_of(live_deployment)[1].name, oom=True)
+    reconcile_pass()
+    assert replicas_of(live_deployment)[1].last_exit_reason == "oom_killed"
+
+
+@pytest.mark.usefixtures("_seams")
+def test_the_only_replica_dead_answers_the_503_page_until_it_is_back(fake_podman: FakePodman, routes: FakeRoutes):
+    app = make_app(replicas=1)
+    live_deployment = go_live(app)
+    fake_podman.kill(replicas_of(live_deployment)[0].name)
+
+    reconcile_pass()
+
+    assert routes.raw[caddy_routes.route_id(app.public_id)] == caddy_routes.unavailable_route(
+        app.public_id, [app.hostname]
+    )
+    reconcile_pass(now=timezone.now() + timedelta(seconds=2))
+    assert len(routes.table[app.public_id]) == 1
+
+
+def test_a_caddy_that_lost_its_config_gets_every_route_back(app: App, fake_podman: FakePodman, routes: FakeRoutes):
+    go_live(app)
+    other = make_app(name="blog", replicas=1)
+    go_live(other)
+    before = dict(routes.raw)
+    routes.restart_empty()
+
+    reconcile_pass()
+
+    assert routes.loads == 1
+    assert routes.raw == before
+
+
+def test_a_removed_network_is_recreated_and_an_orphan_removed(app: App, fake_podman: FakePodman, settings: Any):
+    live_deployment = go_live(app)
+    network = pipeline.tenant_network(app.tenant.public_id)
+    fake_podman.networks.pop(network)
+    for name in [r.name for r in replicas_of(live_deployment)]:
+        fake_podman.container_remove(name)  # `podman network rm -f` takes its containers along
+    orphan = podman.ContainerSpec(
+        name="tsl-stray",
+        image=live_deployment.image_ref,
+        network=network,
+        uid=1,
+        gid=1,
+        memory_mb=64,
+        cpus=1,
+        pids_limit=10,
+        env={},
+        secret_env={},
+        command="sleep 1000",
+        labels={"coltsfoot.instance": str(settings.INSTANCE_ID), "coltsfoot.deployment": str(uuid.uuid4())},
+    )
+    fake_podman.container_run_detached(orphan)
+    fake_podman.containers["tsl-stray"].created_at -= settings.ORPHAN_GRACE_SECONDS + 1
+
+    report = reconcile_pass()
+
+    assert network in fake_podman.networks
+    assert report.actions["network_created"] == 1
+    assert "tsl-stray" not in fake_podman.containers
+    assert [r.state for r in replicas_of(live_deployment)] == ["running", "running"]
+
+
+def test_containers_of_another_installation_are_never_touched(app: App, fake_podman: FakePodman):
+    live_deployment = go_live(app)
+    theirs = podman.ContainerSpec(
+        name="tsl-theirs",
+        image=live_deployment.image_ref,
+        network="their-net",
+        uid=1,
+        gid=1,
+        memory_mb=64,
+        cpus=1,
+        pids_limit=10,
+        env={},
+        secret_env={},
+        command="sleep 1000",
+        labels={"coltsfoot.instance": "another-installation", "coltsfoot.deployment": str(uuid.uuid4())},
+    )
+    fake_podman.container_run_detached(theirs)
+    fake_podman.containers["tsl-theirs"].created_at = 0.0
+    reconcile_pass()
+    assert fake_podman.containers["tsl-theirs"].running
+
+
+def test_passes_never_overlap_and_a_dead_holders_lease_expires(db: None):
+    assert lease.lease_acquire("reconcile", "worker-a", 60)
+    assert not lease.lease_acquire("reconcile", "worker-b", 60)
+    assert lease.lease_acquire("reconcile", "worker-a", 60)  # renewing is fine
+    from provisioning.models import Lease
+
+    Lease.objects.filter(name="reconcile").update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert lease.lease_acquire("reconcile", "worker-b", 60)  # worker-a died
+    lease.lease_release("reconcile", "worker-b")
+    assert lease.lease_acquire("reconcile", "worker-c", 60)
+
+
+def test_the_reconcile_task_skips_while_another_pass_holds_the_lease(app: App, fake_podman: FakePodman):
+    go_live(app)
+    assert lease.lease_acquire(tasks.RECONCILE_LEASE, "someone-else", 60)
+    reset_calls()
+    assert tasks.reconcile() == {"skipped": True}
+    assert podman_calls() == {}
+
+
+def test_a_deployment_whose_message_was_lost_is_queued_again_after_a_few_seconds(app: App, settings: Any):
+    deployment = archive_deployment(app)  # queued; its message never reached a worker
+    Deployment.objects.filter(pk=deployment.pk).update(
+        created_at=timezone.now() - timedelta(seconds=settings.OUTBOX_SECONDS + 1)
+    )
+    from unittest import mock
+
+    with mock.patch.object(tasks.deployment_run, "delay", autospec=True) as delay:
+        tasks.requeue_work()
+        tasks.requeue_work()
+    delay.assert_called_once_with(str(deployment.public_id))
