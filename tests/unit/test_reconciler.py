@@ -279,7 +279,7 @@ def test_a_caddy_without_its_config_gets_every_route_back_in_one_load():
 
 def test_routes_of_apps_the_platform_does_not_serve_are_removed_but_not_those_about_to_go_live():
     stale, soon = uuid.uuid4(), uuid.uuid4()
-    routes = {
+    routes: dict[str, Any] = {
         caddy_routes.route_id(stale): {},
         caddy_routes.route_id(soon): {},
         caddy_routes.CATCHALL_ROUTE_ID: {},
@@ -306,9 +306,9 @@ def app(_seams: None) -> App:
 def go_live(app: App) -> Deployment:
     deployment = archive_deployment(app)
     tasks.drive(deployment.public_id)
-    deployment = Deployment.objects.select_related("app", "app__tenant").get(pk=deployment.pk)
-    assert deployment.state == Deployment.State.LIVE, deployment.log
-    return deployment
+    fresh: Deployment = Deployment.objects.select_related("app", "app__tenant").get(pk=deployment.pk)
+    assert fresh.state == Deployment.State.LIVE, fresh.log
+    return fresh
 
 
 def podman_calls() -> dict[str, int]:
@@ -324,7 +324,7 @@ def podman_calls() -> dict[str, int]:
 
 def reset_calls() -> None:
     for name in vars(FakePodman):
-        operation = getattr(podman, name, None)
+        operation: Any = getattr(podman, name, None)
         if hasattr(operation, "reset_mock"):
             operation.reset_mock()
 
