@@ -39,6 +39,7 @@ from caddy.routes import app_route
 from caddy.routes import catchall_route
 from caddy.routes import edge_server
 from caddy.routes import route_id
+from core.faults import InfrastructureError
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ _MAX_CONFLICT_ROUNDS = 5
 _TRANSIENT_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 
-class CaddyError(Exception):
+class CaddyError(InfrastructureError):
     """A Caddy admin API call failed.
 
     `transient` says whether trying again later may succeed (Caddy unreachable, timed out,

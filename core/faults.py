@@ -21,6 +21,18 @@ from typing import Any
 from typing import ClassVar
 
 
+class InfrastructureError(Exception):
+    """Base of every failure of a system the platform drives (podman, Caddy, PostgreSQL) and of
+    the platform's own errors: `transient` says whether trying again later may succeed, and it
+    is the only thing a task's retry decision looks at."""
+
+    transient: bool = False
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, InfrastructureError) and bool(exc.transient)
+
+
 class DeployError(Exception):
     """Base class: a failure with a stable code and a tenant-facing message."""
 
@@ -50,7 +62,7 @@ class UserError(DeployError):
     user_error = True
 
 
-class PlatformError(DeployError):
+class PlatformError(DeployError, InfrastructureError):
     """The platform is at fault: retried with backoff when `transient`."""
 
     user_error = False

@@ -34,6 +34,8 @@ from collections.abc import Sequence
 
 from django.conf import settings
 
+from core.faults import InfrastructureError
+
 logger = logging.getLogger(__name__)
 
 STDERR_LIMIT = 4096
@@ -105,7 +107,7 @@ _TRANSIENT_PATTERNS = (
 )
 
 
-class PodmanError(Exception):
+class PodmanError(InfrastructureError):
     """A podman call failed. `transient` says whether retrying later may succeed."""
 
     def __init__(

@@ -66,6 +66,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
+from core.faults import InfrastructureError
+
 logger = logging.getLogger(__name__)
 
 ROLE_PREFIX = "t_"
@@ -100,7 +102,7 @@ ADVISORY_LOCK_SQL = sql.SQL("SELECT pg_catalog.pg_advisory_lock(%s)")
 ADVISORY_UNLOCK_SQL = sql.SQL("SELECT pg_catalog.pg_advisory_unlock(%s)")
 
 
-class PostgresError(Exception):
+class PostgresError(InfrastructureError):
     """A provisioning step failed. ``transient`` says whether retrying later can help.
 
     The message names the step and the SQLSTATE only: server messages can quote statement

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from datetime import timedelta
+from typing import TYPE_CHECKING
 from typing import Any
 
 import kombu.exceptions
@@ -27,9 +28,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from caddy.client import CaddyClient
-from caddy.client import CaddyError
 from core.faults import DeployError
 from core.faults import PlatformError
+from core.faults import is_transient
 from drivers import podman
 from platform_apps.models import Addon
 from platform_apps.models import App
@@ -58,19 +59,31 @@ def backoff_seconds(retries: int) -> float:
     return float(step * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not cryptography
 
 
-def retry_if_transient(task: Task[Any, Any], exc: Exception, *, max_retries: int = MAX_RETRIES) -> None:
-    """Raise Celery's Retry, with capped backoff and jitter, for a transient error that has
-    retries left; return for anything else (the caller then fails for good)."""
-    if is_transient(exc) and task.request.retries < max_retries:
-        raise task.retry(exc=exc, countdown=backoff_seconds(min(task.request.retries, 6))) from exc
+if TYPE_CHECKING:
+    _TaskBase = Task[Any, Any]
+else:
+    _TaskBase = Task
 
 
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, PlatformError | podman.PodmanError | CaddyError):
-        return bool(exc.transient)
-    from drivers.postgres import PostgresError
+class PlatformTask(_TaskBase):
+    """The one lifecycle of every Coltsfoot task: a failure is retried only when it is transient
+    (the `InfrastructureError.transient` of podman, Caddy, PostgreSQL and platform errors), with
+    capped exponential backoff and jitter, at most `max_retries` times; anything else fails at
+    once and the task decides what failing means for its row."""
 
-    return isinstance(exc, PostgresError) and bool(exc.transient)
+    max_retries = MAX_RETRIES
+
+    def retry_delay(self, exc: BaseException) -> float | None:
+        """The countdown of the retry `exc` deserves, or None when it should fail for good."""
+        if is_transient(exc) and self.request.retries < (self.max_retries or 0):
+            return backoff_seconds(min(self.request.retries, 6))
+        return None
+
+    def retry_if_transient(self, exc: Exception) -> None:
+        """Raise Celery's Retry for a transient error that has retries left; return otherwise."""
+        delay = self.retry_delay(exc)
+        if delay is not None:
+            raise self.retry(exc=exc, countdown=delay) from exc
 
 
 # --- Leases ---------------------------------------------------------------------------------
@@ -230,8 +243,8 @@ def drive(deployment_id: uuid.UUID) -> None:
     pipeline.retire_previous(deployment, drain_seconds=float(settings.RETIRE_DRAIN_SECONDS))
 
 
-@shared_task(bind=True, name="coltsfoot.deployment_run", max_retries=MAX_RETRIES)
-def deployment_run(self: Task[Any, Any], deployment_id: str) -> None:
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.deployment_run")
+def deployment_run(self: PlatformTask, deployment_id: str) -> None:
     did = uuid.UUID(deployment_id)
     deployment = _load(did)
     if deployment is not None and deployment.state == State.LIVE:
@@ -239,7 +252,7 @@ def deployment_run(self: Task[Any, Any], deployment_id: str) -> None:
         try:
             pipeline.retire_previous(deployment)
         except Exception as exc:
-            retry_if_transient(self, exc)
+            self.retry_if_transient(exc)
             raise
         return
     if deployment is None or deployment.state in Deployment.FINAL_STATES:
@@ -253,27 +266,26 @@ def deployment_run(self: Task[Any, Any], deployment_id: str) -> None:
     try:
         with heartbeat(deployment.pk, owner):
             drive(did)
-    except DeployError as exc:
-        if exc.transient and self.request.retries < MAX_RETRIES:
-            hold = backoff_seconds(self.request.retries)
-            logger.warning("transient failure, retrying", extra={**pipeline.log_context(deployment), "code": exc.code})
-            raise self.retry(exc=exc, countdown=hold) from exc
-        deployment_fail(deployment, exc.code, exc.message)
     except Exception as exc:
-        if is_transient(exc) and self.request.retries < MAX_RETRIES:
-            hold = backoff_seconds(self.request.retries)
-            logger.warning("transient infrastructure failure, retrying", extra=pipeline.log_context(deployment))
+        hold = self.retry_delay(exc)
+        if hold is not None:
+            code = exc.code if isinstance(exc, DeployError) else type(exc).__name__
+            logger.warning("transient failure, retrying", extra={**pipeline.log_context(deployment), "code": code})
             raise self.retry(exc=exc, countdown=hold) from exc
-        logger.error("deployment crashed", exc_info=exc, extra=pipeline.log_context(deployment))
-        deployment_fail(
-            deployment, "platform.error", "The platform failed to deploy this; the operators have the details."
-        )
+        if isinstance(exc, DeployError):
+            deployment_fail(deployment, exc.code, exc.message)
+        else:
+            logger.error("deployment crashed", exc_info=exc, extra=pipeline.log_context(deployment))
+            deployment_fail(
+                deployment, "platform.error", "The platform failed to deploy this; the operators have the details."
+            )
     finally:
+        # While a retry is pending the lease is kept, so the reconciler does not queue it twice.
         lease_release(deployment.pk, owner, hold_until=hold + settings.LEASE_SECONDS if hold else None)
 
 
-@shared_task(bind=True, name="coltsfoot.app_teardown", max_retries=MAX_RETRIES * 4)
-def app_teardown(self: Task[Any, Any], app_id: str) -> None:
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.app_teardown", max_retries=MAX_RETRIES * 4)
+def app_teardown(self: PlatformTask, app_id: str) -> None:
     """Remove everything an app had: route, containers, secrets, images, add-on, build dirs, row."""
     app: App | None = App.objects.select_related("tenant").filter(public_id=uuid.UUID(app_id)).first()
     if app is None or app.state != App.State.DELETING:
@@ -297,7 +309,7 @@ def app_teardown(self: Task[Any, Any], app_id: str) -> None:
             podman.container_remove(name)
         addons.addon_teardown_for_app(app)
     except Exception as exc:
-        retry_if_transient(self, exc, max_retries=MAX_RETRIES * 4)
+        self.retry_if_transient(exc)
         logger.error("app teardown failed", exc_info=exc, extra=context)
         raise
     App.objects.filter(pk=app.pk, state=App.State.DELETING).delete()
@@ -353,8 +365,8 @@ def requeue_work(now: datetime | None = None) -> dict[str, int]:
     }
 
 
-@shared_task(bind=True, name="coltsfoot.reconcile")
-def reconcile(self: Task[Any, Any]) -> dict[str, object]:
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.reconcile")
+def reconcile(self: PlatformTask) -> dict[str, object]:
     """Every COLTSFOOT_RECONCILE_SECONDS (beat), at worker start, and at a crashed replica's
     restart time: queue lost work again, then compare what runs with what should run and repair
     the difference. Passes never overlap: they hold a lease that expires if the worker dies."""
@@ -397,8 +409,8 @@ def _rerelease(app_pk: int) -> None:
         config_vars.release_current(app)
 
 
-@shared_task(bind=True, name="coltsfoot.addon_provision", max_retries=MAX_RETRIES)
-def addon_provision(self: Task[Any, Any], addon_id: str) -> None:
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.addon_provision")
+def addon_provision(self: PlatformTask, addon_id: str) -> None:
     addon = _load_addon(addon_id)
     if addon is None or addon.state != Addon.State.PROVISIONING:
         return
@@ -406,7 +418,7 @@ def addon_provision(self: Task[Any, Any], addon_id: str) -> None:
         addons.provision(addon)
     except Exception as exc:
         Addon.objects.filter(pk=addon.pk).update(updated_at=timezone.now())  # not stalled: the reconciler waits
-        retry_if_transient(self, exc)
+        self.retry_if_transient(exc)
         logger.error("postgres add-on provisioning failed", exc_info=exc, extra=addons.log_context(addon))
         # Leave nothing half-made behind; if the cluster is down this fails too, and a later
         # POST (or DELETE) converges, since every step is idempotent by name.
@@ -425,8 +437,8 @@ def addon_provision(self: Task[Any, Any], addon_id: str) -> None:
             transaction.on_commit(lambda: _rerelease(addon.app_id))
 
 
-@shared_task(bind=True, name="coltsfoot.addon_deprovision", max_retries=MAX_RETRIES)
-def addon_deprovision(self: Task[Any, Any], addon_id: str) -> None:
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.addon_deprovision")
+def addon_deprovision(self: PlatformTask, addon_id: str) -> None:
     addon = _load_addon(addon_id)
     if addon is None or addon.state != Addon.State.DEPROVISIONING:
         return
@@ -434,7 +446,7 @@ def addon_deprovision(self: Task[Any, Any], addon_id: str) -> None:
         addons.deprovision(addon)
     except Exception as exc:
         Addon.objects.filter(pk=addon.pk).update(updated_at=timezone.now())  # not stalled: the reconciler waits
-        retry_if_transient(self, exc)
+        self.retry_if_transient(exc)
         logger.error("postgres add-on deprovisioning failed", exc_info=exc, extra=addons.log_context(addon))
         raise
     app_pk = addon.app_id
