@@ -338,15 +338,13 @@ class LocalStack:
             values = self.secrets_ensure()
             instance = self.instance_id(create=True)
             stack = self.build(values, instance)
-            platform = stack.platform
-            assert platform is not None  # noqa: S101 - build() always has one
+            platform = stack.require_platform()
             platform.data_dir.mkdir(parents=True, exist_ok=True)
             self.env_file_write(platform)
             self.svc_dirs_ensure()
 
             say("==> services")
-            postgres = stack.service("postgres")
-            assert isinstance(postgres, PostgresServer)  # noqa: S101
+            postgres = next(s for s in stack.services if isinstance(s, PostgresServer))
 
             def harden_once() -> None:
                 if postgres.initialized:
@@ -418,8 +416,7 @@ class LocalStack:
             say(f"==> stopping Coltsfoot (state dir {self.state})")
             instance = self.instance_id(create=False)
             stack = self.build(None, instance)
-            platform = stack.platform
-            assert platform is not None  # noqa: S101
+            platform = stack.require_platform()
             for service in reversed(stack.services):
                 if service is platform:
                     for process in reversed(platform.services):
@@ -455,8 +452,7 @@ class LocalStack:
     def status(self) -> None:
         instance = self.instance_id(create=False) if self.state.is_dir() else None
         stack = self.build(None, instance)
-        platform = stack.platform
-        assert platform is not None  # noqa: S101
+        platform = stack.require_platform()
         for line in stack.status():
             where = line.where
             if line.pid is not None:

@@ -12,12 +12,17 @@ import logging
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from devstack.services import CaddyServer
 from devstack.services import ContainerPolicy
+from devstack.services import PgBouncerServer
 from devstack.services import Platform
+from devstack.services import PostgresServer
 from devstack.services import ProcessService
+from devstack.services import RedisServer
 from devstack.services import Service
 
 logger = logging.getLogger(__name__)
@@ -42,6 +47,12 @@ class Stack:
     @property
     def platform(self) -> Platform | None:
         return next((s for s in self.services if isinstance(s, Platform)), None)
+
+    def require_platform(self) -> Platform:
+        platform = self.platform
+        if platform is None:
+            raise KeyError("this stack has no platform")
+        return platform
 
     def leaves(self) -> list[ProcessService]:
         """Every single-process service, in start order (a platform's processes in its place)."""
@@ -124,3 +135,38 @@ class Stack:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.down(containers="purge")
+
+
+def isolated_stack(
+    directory: Path,
+    *,
+    postgres: PostgresServer | None = None,
+    pgbouncer: PgBouncerServer | None = None,
+    instance_id: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    with_beat: bool = True,
+) -> Stack:
+    """A complete stack of its own under `directory` on free ports: Redis (persistent, so a restart keeps its
+    data), Caddy, and a Platform (worker, beat, API) with its own instance id. PostgreSQL and PgBouncer are made
+    too unless shared ones are given (then this stack never stops them). Not started: use `with`, or `up()`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    redis = RedisServer(directory / "redis", persistent=True)
+    caddy = CaddyServer(directory / "caddy")
+    services: list[Service] = [redis, caddy]
+    if postgres is None:
+        postgres = PostgresServer(directory / "postgres")
+        services.append(postgres)
+    if pgbouncer is None:
+        pgbouncer = PgBouncerServer(directory / "pgbouncer", postgres)
+        services.append(pgbouncer)
+    platform = Platform(
+        directory / "platform",
+        redis,
+        caddy,
+        postgres,
+        pgbouncer,
+        instance_id=instance_id,
+        extra_env=extra_env,
+        with_beat=with_beat,
+    )
+    return Stack([*services, platform])

@@ -61,10 +61,10 @@ from psycopg.rows import TupleRow
 
 # The auth_file and SCRAM helpers live with PgBouncer's other files; re-exported here because they
 # are part of this driver's interface (provisioning and its tests use them through it).
-from drivers.pgbouncer import scram_verifier_matches
-from drivers.pgbouncer import userlist_lock
-from drivers.pgbouncer import userlist_remove
-from drivers.pgbouncer import userlist_upsert
+from drivers.pgbouncer import scram_verifier_matches as scram_verifier_matches
+from drivers.pgbouncer import userlist_lock as userlist_lock
+from drivers.pgbouncer import userlist_remove as userlist_remove
+from drivers.pgbouncer import userlist_upsert as userlist_upsert
 
 logger = logging.getLogger(__name__)
 
