@@ -39,14 +39,16 @@ integration: base-image
 
 test: lint typecheck unit integration
 
+# The supervisor is devstack/ (python -m devstack); the same code runs the integration tests' and the
+# benchmark's stacks.
 up: base-image
-	@$(WITH_ENV) scripts/stack.sh up
+	@$(WITH_ENV) uv run --frozen python -m devstack up
 
 down:
-	@$(WITH_ENV) scripts/stack.sh down
+	@$(WITH_ENV) uv run --frozen python -m devstack down
 
 status:
-	@$(WITH_ENV) scripts/stack.sh status
+	@$(WITH_ENV) uv run --frozen python -m devstack status
 
 bench: base-image
 	@$(WITH_ENV) uv run --frozen python -m bench.deploy

@@ -1,9 +1,9 @@
 """Deploy benchmark: how much the platform adds on top of plain podman + gVisor.
 
 Run from the repository root: `uv run python -m bench.deploy [--runs N]` (or `make bench`). It starts a
-private stack (Redis,
-Caddy, PostgreSQL, PgBouncer, the API, a Celery worker) in a temp dir with the process managers of the
-integration tests, creates a tenant and a 1-replica app, and measures in one run, on one image:
+private stack (Redis, Caddy, PostgreSQL, PgBouncer, the API, a Celery worker) on free ports in a temp dir
+with the project's supervisor (`devstack`, the same code `make up` and the integration tests use), creates
+a tenant and a 1-replica app, and measures in one run, on one image:
 
 (a) a redeploy whose dependency image is cached: POST of the archive -> first 200 through the Caddy edge
     whose body carries the new deployment id (after one unmeasured warm-up deploy that builds the
@@ -39,7 +39,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
@@ -48,18 +47,16 @@ from typing import Any
 
 import httpx
 
+from devstack.services import INSTANCE_LABEL
+from devstack.services import REPO_ROOT
+from devstack.services import Platform
+from devstack.stack import isolated_stack
 from drivers import buildpack
 from drivers import podman
-from tests.integration.helpers import HELLO
-from tests.integration.services import INSTANCE_LABEL
-from tests.integration.services import CaddyServer
-from tests.integration.services import PgBouncerServer
-from tests.integration.services import Platform
-from tests.integration.services import PostgresServer
-from tests.integration.services import RedisServer
-from tests.integration.services import Service
 
 logger = logging.getLogger("bench.deploy")
+
+HELLO = REPO_ROOT / "examples" / "hello"
 
 APP_PORT = 8000
 POLL_INTERVAL = 0.05
@@ -367,7 +364,7 @@ class Bench:
             return bool(self.client.get(f"/deployments/{deployment_id}").json()["state"] == "live")
 
         def task_done() -> bool:
-            log = self.platform.worker.read_log() if self.platform.worker is not None else ""
+            log = self.platform.worker.read_log()
             return len(TASK_SUCCEEDED_RE.findall(log)) >= self.deployments_done
 
         def one_replica() -> bool:
@@ -401,7 +398,7 @@ class Bench:
                     f"redeploy attempt {attempts} did not reuse the cached dependency image; not counted"
                 )
                 continue
-            worker_log = self.platform.worker.read_log() if self.platform.worker is not None else ""
+            worker_log = self.platform.worker.read_log()
             marks = phase_marks(worker_log, posted, posted + elapsed + 30)
             phases = phase_durations(marks, posted)
             phases["edge_200_after_post"] = round(elapsed, 3)
@@ -634,15 +631,6 @@ def static_notes(runs: int) -> list[str]:
     ]
 
 
-@contextlib.contextmanager
-def started(service: Service) -> Iterator[Service]:
-    try:
-        service.start()
-        yield service
-    finally:
-        service.stop()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5, help="measured runs per series (default 5)")
@@ -659,29 +647,29 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("instance %s, temp dir %s", instance_id, tmp)
     failure: BaseException | None = None
     try:
-        redis = RedisServer(tmp / "redis")
-        caddy = CaddyServer(tmp / "caddy")
-        postgres = PostgresServer(tmp / "postgres")
-        with started(redis), started(caddy), started(postgres):
-            pgbouncer = PgBouncerServer(tmp / "pgbouncer", postgres)
-            with started(pgbouncer):
-                platform = Platform(tmp / "platform", redis, caddy, postgres, pgbouncer, instance_id=instance_id)
-                configure_django(platform.env)
-                with started(platform):
-                    workdir = tmp / "builds"
-                    workdir.mkdir()
-                    bench = Bench(platform, workdir, args.runs, results)
-                    try:
-                        bench.setup_tenant_and_app()
-                        bench.measure_deploys()
-                        bench.measure_raw_runs()
-                        bench.measure_builds()
-                    except BaseException as exc:
-                        failure = exc
-                        tail = platform.worker.tail(80) if platform.worker is not None else ""
-                        logger.exception("benchmark failed; worker log tail:\n%s", tail)
-                    finally:
-                        bench.remove_bench_images()
+        # No beat: nothing periodic runs during the measurements.
+        stack = isolated_stack(
+            tmp,
+            instance_id=instance_id,
+            extra_env={"COLTSFOOT_START_DEADLINE": "60", "COLTSFOOT_LOG_LEVEL": "INFO"},
+            with_beat=False,
+        )
+        platform = stack.require_platform()
+        configure_django(platform.env)
+        with stack:
+            workdir = tmp / "builds"
+            workdir.mkdir()
+            bench = Bench(platform, workdir, args.runs, results)
+            try:
+                bench.setup_tenant_and_app()
+                bench.measure_deploys()
+                bench.measure_raw_runs()
+                bench.measure_builds()
+            except BaseException as exc:
+                failure = exc
+                logger.exception("benchmark failed; worker log tail:\n%s", platform.worker.tail(80))
+            finally:
+                bench.remove_bench_images()
     finally:
         if args.keep_temp:
             logger.info("kept %s", tmp)

@@ -24,14 +24,15 @@ superuser-only setting, so the per-role value here is enforced by Postgres itsel
 change its own password; that only breaks its own PgBouncer login until the next provision().
 
 PgBouncer authentication is ``auth_file``: one line per role with the role's SCRAM verifier,
-copied from ``pg_authid`` (never the password), rewritten atomically under a file lock and
-followed by ``RELOAD`` on the admin console. With a SCRAM verifier in ``auth_file`` PgBouncer
-authenticates the client and then logs in to Postgres with the client's proof ("SCRAM
-pass-through"), which only works when the verifier is byte-identical to the server's: hence
-copying it from ``pg_authid`` rather than computing a fresh one. ``auth_query`` was not used:
-PgBouncer 1.18 runs it in the *target* database, so every tenant database would need a lookup
-function and the lookup user would need CONNECT on every tenant database, which is exactly the
-privilege this module takes away.
+copied from ``pg_authid`` (never the password), rewritten atomically under a file lock
+(``drivers.pgbouncer``, the one module that reads and writes PgBouncer's files) and followed by
+``RELOAD`` on the admin console. With a SCRAM verifier in ``auth_file`` PgBouncer authenticates
+the client and then logs in to Postgres with the client's proof ("SCRAM pass-through"), which
+only works when the verifier is byte-identical to the server's: hence copying it from
+``pg_authid`` rather than computing a fresh one. ``auth_query`` was not used: PgBouncer 1.18
+runs it in the *target* database, so every tenant database would need a lookup function and the
+lookup user would need CONNECT on every tenant database, which is exactly the privilege this
+module takes away.
 
 The plaintext password never reaches the server: libpq computes the SCRAM verifier client-side
 and ``CREATE/ALTER ROLE ... PASSWORD`` is sent the verifier, so statement logging on the cluster
@@ -40,17 +41,9 @@ cannot leak it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import fcntl
-import hashlib
-import hmac
 import logging
-import os
 import re
-import stat
-import tempfile
 from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,6 +60,14 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
 from core.faults import InfrastructureError
+
+# The auth_file and SCRAM helpers live with PgBouncer's other files; re-exported here because they
+# are part of this driver's interface (provisioning and its tests use them through it).
+from drivers.pgbouncer import scram_verifier_matches as scram_verifier_matches
+from drivers.pgbouncer import userlist_lock as userlist_lock
+from drivers.pgbouncer import userlist_read
+from drivers.pgbouncer import userlist_remove as userlist_remove
+from drivers.pgbouncer import userlist_upsert as userlist_upsert
 
 logger = logging.getLogger(__name__)
 
@@ -536,128 +537,6 @@ def _pgbouncer_admin(commands: Sequence[sql.SQL | sql.Composed]) -> None:
             conn.execute(command)
 
 
-# --- auth_file ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def userlist_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock for a read-modify-write of the auth file (two Celery workers may race).
-
-    The lock lives in a sibling file: the auth file itself is replaced, so a lock on its inode
-    would not exclude anyone.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock
-
-
-def userlist_upsert(path: Path, role: str, secret: str) -> bool:
-    """Set the role's line; returns False (and leaves the file untouched) if it was already right.
-
-    Call under userlist_lock(). Lines for other users (the admin user, comments) are kept as is.
-    """
-    line = f"{_quote_userlist(role)} {_quote_userlist(secret)}"
-    lines = _read_userlist(path)
-    new_lines: list[str] = []
-    placed = False
-    for existing in lines:
-        if _userlist_user(existing) != role:
-            new_lines.append(existing)
-        elif not placed:  # replace in place; any duplicate lines for the role are dropped
-            new_lines.append(line)
-            placed = True
-    if not placed:
-        new_lines.append(line)
-    if new_lines == lines:
-        return False
-    _write_atomic(path, new_lines)
-    return True
-
-
-def userlist_remove(path: Path, role: str) -> bool:
-    """Delete the role's line(s); returns False if there was none. Call under userlist_lock()."""
-    lines = _read_userlist(path)
-    kept = [existing for existing in lines if _userlist_user(existing) != role]
-    if kept == lines:
-        return False
-    _write_atomic(path, kept)
-    return True
-
-
-def _quote_userlist(value: str) -> str:
-    if any(char in value for char in "\r\n\0"):
-        raise ValueError("auth_file values cannot contain line breaks")
-    return '"' + value.replace('"', '""') + '"'
-
-
-def _userlist_user(line: str) -> str | None:
-    """The user name a line is about, or None for comments, blanks and anything unparsable."""
-    stripped = line.lstrip()
-    if not stripped.startswith('"'):
-        return None
-    chars: list[str] = []
-    index = 1
-    while index < len(stripped):
-        char = stripped[index]
-        if char == '"':
-            if stripped[index + 1 : index + 2] == '"':
-                chars.append('"')
-                index += 2
-                continue
-            return "".join(chars)
-        chars.append(char)
-        index += 1
-    return None
-
-
-def _read_userlist(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    return text.splitlines()
-
-
-def _write_atomic(path: Path, lines: Sequence[str]) -> None:
-    """Replace the file in one rename, keeping the old file's mode and owner.
-
-    PgBouncer runs as its own unprivileged user and must still be able to read the file after
-    a worker running as root rewrote it; a new file takes the parent directory's owner.
-    """
-    try:
-        current = path.stat()
-        mode = stat.S_IMODE(current.st_mode)
-        owner = (current.st_uid, current.st_gid)
-    except FileNotFoundError:
-        parent = path.parent.stat()
-        mode = 0o600
-        owner = (parent.st_uid, parent.st_gid)
-    content = "".join(f"{line}\n" for line in lines).encode("utf-8")
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        if os.geteuid() == 0 and owner != (os.geteuid(), os.getegid()):
-            os.fchown(fd, *owner)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 # --- plumbing -----------------------------------------------------------------------------------
 
 
@@ -694,38 +573,6 @@ def _lock_timeout_ms(statement_timeout_ms: int) -> int:
     if statement_timeout_ms <= 0:
         return LOCK_TIMEOUT_MS_MAX
     return min(LOCK_TIMEOUT_MS_MAX, statement_timeout_ms)
-
-
-_SCRAM_VERIFIER_RE = re.compile(
-    r"SCRAM-SHA-256\$(?P<iterations>[0-9]+):(?P<salt>[A-Za-z0-9+/=]+)"
-    r"\$(?P<stored_key>[A-Za-z0-9+/=]+):(?P<server_key>[A-Za-z0-9+/=]+)"
-)
-
-
-def scram_verifier_matches(verifier: str, password: str) -> bool:
-    """Whether ``verifier`` (as in pg_authid) was made from ``password`` (RFC 5802/7677 keys).
-
-    Only ASCII passwords are checked (SASLprep is the identity for them); anything else is
-    reported as "no match", which merely costs a password reset.
-    """
-    match = _SCRAM_VERIFIER_RE.fullmatch(verifier)
-    if match is None or not password.isascii():
-        return False
-    try:
-        salt = base64.b64decode(match["salt"], validate=True)
-        stored_key = base64.b64decode(match["stored_key"], validate=True)
-        server_key = base64.b64decode(match["server_key"], validate=True)
-    except binascii.Error:
-        return False
-    iterations = int(match["iterations"])
-    if not 1 <= iterations <= 1_000_000:
-        return False
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode("ascii"), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    expected_server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    return hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key) and hmac.compare_digest(
-        expected_server_key, server_key
-    )
 
 
 def _scram_verifier(conn: psycopg.Connection[TupleRow], role: str, password: str) -> str:
@@ -779,4 +626,4 @@ def pgbouncer_registered_roles() -> set[str] | None:
     path = Path(settings.PGBOUNCER_AUTH_FILE) if settings.PGBOUNCER_AUTH_FILE else None
     if path is None or not path.is_file():
         return None
-    return {user for user in map(_userlist_user, _read_userlist(path)) if user}
+    return set(userlist_read(path))

@@ -1,6 +1,7 @@
 """Session fixtures that start real services for the integration tests, each on free ports in its own temp
-dir. They start lazily (only when a test asks for them), and under `pytest -n N` each xdist worker process
-has its own session and therefore its own set of services.
+dir, with the project's supervisor (`devstack`, the same code `make up` runs). They start lazily (only when a
+test asks for them), and under `pytest -n N` each xdist worker process has its own session and therefore its
+own set of services.
 
 A missing binary or a service that does not come up fails the test loudly with the log tail; it never skips.
 These tests are black-box (HTTP, psycopg, redis): they never use pytest-django's test database, whose
@@ -16,15 +17,27 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.services import CaddyServer
-from tests.integration.services import PgBouncerServer
-from tests.integration.services import Platform
-from tests.integration.services import PostgresServer
-from tests.integration.services import RedisServer
-from tests.integration.services import RegistryServer
-from tests.integration.services import Service
-from tests.integration.services import ServiceError
-from tests.integration.services import log_sections
+from devstack.process import ServiceError
+from devstack.services import CaddyServer
+from devstack.services import PgBouncerServer
+from devstack.services import Platform
+from devstack.services import PostgresServer
+from devstack.services import RedisServer
+from devstack.services import RegistryServer
+from devstack.services import Service
+from devstack.services import log_sections
+from devstack.stack import Stack
+from devstack.stack import isolated_stack as make_isolated_stack
+
+# Short leases and reconcile period, so a killed worker's deployment is picked up again within seconds; local
+# git repositories allowed; a generous replica start deadline for a loaded 2-core machine.
+PLATFORM_TEST_ENV = {
+    "COLTSFOOT_LEASE_SECONDS": "10",
+    "COLTSFOOT_RECONCILE_SECONDS": "3",
+    "COLTSFOOT_GIT_ALLOW_LOCAL": "1",
+    "COLTSFOOT_START_DEADLINE": "60",
+    "COLTSFOOT_LOG_LEVEL": "INFO",
+}
 
 
 def _run[ServiceT: Service](service: ServiceT) -> Generator[ServiceT]:
@@ -104,16 +117,49 @@ def platform(
         pgbouncer_server,
         instance_id=instance_id,
         extra_env={
-            "COLTSFOOT_LEASE_SECONDS": "10",
-            "COLTSFOOT_RECONCILE_SECONDS": "3",
-            "COLTSFOOT_GIT_ALLOW_LOCAL": "1",
+            **PLATFORM_TEST_ENV,
             "COLTSFOOT_IMAGE_PULL_TLS_VERIFY": "0",
             "COLTSFOOT_IMAGE_ALLOWED_REGISTRIES": f"docker.io,ghcr.io,quay.io,{registry_server.host}",
         },
     )
-    for started in _run(platform):
-        started.start_beat()
-        yield started
+    yield from _run(platform)
+
+
+@pytest.fixture(scope="module")
+def isolated_stack(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer, pgbouncer_server: PgBouncerServer
+) -> Generator[Stack]:
+    """A complete stack of its own for one test module, for tests that break things (chaos tests): its own
+    Redis (persistent), Caddy and Platform (worker, beat, API) on their own free ports, with their own instance
+    id, sharing only the session's PostgreSQL and PgBouncer (which it never stops). Nothing another stack or a
+    `make up` runs is touched: podman objects are acted on by this stack's `coltsfoot.instance` label only.
+
+    On it (`stack.platform` is the Platform, with `client()`, `create_tenant()`, `edge_get()`):
+    - `stack.stop_service(name)`, `stack.start_service(name)`, `stack.kill_service(name)` (SIGKILL of its whole
+      process group, like a crash), `stack.restart_service(name)` for "redis", "caddy", "worker", "beat", "api".
+      A service keeps its port and data directory, so it comes back where it was (Redis with its data as of
+      its last save; Caddy empty, as its config is not persisted).
+    - `stack.down(containers="remove")`: everything stopped and this instance's containers removed (images,
+      networks and the platform DB kept), the equivalent of `make down` followed by a crash of the containers;
+      `containers="stop"` is exactly `make down`. Then `stack.up()` starts everything again on the same state
+      (same platform DB, same ports) and waits for each service.
+    Teardown stops it and removes everything in podman labelled with its instance."""
+    directory = _session_dir(tmp_path_factory, "isolated")
+    stack = make_isolated_stack(
+        directory, postgres=postgres_server, pgbouncer=pgbouncer_server, extra_env=dict(PLATFORM_TEST_ENV)
+    )
+    failure = None
+    try:
+        stack.up()
+    except ServiceError as exc:
+        failure = f"the isolated stack did not start: {exc}"
+        stack.down(containers="purge")
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
+    try:
+        yield stack
+    finally:
+        stack.down(containers="purge")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -125,7 +171,9 @@ def pytest_runtest_makereport(
     if report.failed:
         services: list[Service] = []
         for value in getattr(item, "funcargs", {}).values():
-            if isinstance(value, Platform):
+            if isinstance(value, Stack):
+                services += value.services
+            elif isinstance(value, Platform):
                 services += [value, value.caddy, value.pgbouncer, value.postgres, value.redis]
             elif isinstance(value, Service):
                 services.append(value)

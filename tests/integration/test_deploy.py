@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
+from devstack.services import Platform
 from tests.integration.helpers import deploy_archive
 from tests.integration.helpers import hello_archive
 from tests.integration.helpers import tar_gz
 from tests.integration.helpers import wait_for_deployment
 from tests.integration.helpers import wait_until
-from tests.integration.services import Platform
 
 pytestmark = pytest.mark.integration
 

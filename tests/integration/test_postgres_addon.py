@@ -15,15 +15,15 @@ import httpx
 import psycopg
 import pytest
 
+from devstack.services import PgBouncerServer
+from devstack.services import Platform
+from devstack.services import PostgresServer
 from tests.integration.helpers import deploy_archive
 from tests.integration.helpers import latest_deployment_number
 from tests.integration.helpers import tar_gz
 from tests.integration.helpers import wait_for_deployment
 from tests.integration.helpers import wait_for_deployment_after
 from tests.integration.helpers import wait_until
-from tests.integration.services import PgBouncerServer
-from tests.integration.services import Platform
-from tests.integration.services import PostgresServer
 
 pytestmark = pytest.mark.integration
 

@@ -14,12 +14,12 @@ import pytest
 import redis
 from psycopg import sql
 
-from tests.integration.services import ALL_INTERFACES
-from tests.integration.services import INSTANCE_LABEL
-from tests.integration.services import CaddyServer
-from tests.integration.services import PgBouncerServer
-from tests.integration.services import PostgresServer
-from tests.integration.services import RedisServer
+from devstack.services import ALL_INTERFACES
+from devstack.services import INSTANCE_LABEL
+from devstack.services import CaddyServer
+from devstack.services import PgBouncerServer
+from devstack.services import PostgresServer
+from devstack.services import RedisServer
 
 pytestmark = pytest.mark.integration
 

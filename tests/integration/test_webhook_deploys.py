@@ -17,16 +17,16 @@ from typing import Any
 import httpx
 import pytest
 
+from devstack.services import DEFAULT_BASE_IMAGE
+from devstack.services import INSTANCE_LABEL
+from devstack.services import Platform
+from devstack.services import RegistryServer
 from platform_apps.webhooks import sign_generic
 from platform_apps.webhooks import sign_github
 from tests.integration.helpers import HELLO
 from tests.integration.helpers import hello_archive
 from tests.integration.helpers import latest_deployment_number
 from tests.integration.helpers import wait_for_deployment
-from tests.integration.services import DEFAULT_BASE_IMAGE
-from tests.integration.services import INSTANCE_LABEL
-from tests.integration.services import Platform
-from tests.integration.services import RegistryServer
 
 pytestmark = pytest.mark.integration
 

@@ -337,7 +337,7 @@ def test_userlist_failed_write_leaves_old_file_and_no_temp(tmp_path):
     path = tmp_path / "userlist.txt"
     pg.userlist_upsert(path, "t_aaaaaaaaaaaaaaaa", "a")
     with (
-        mock.patch("drivers.postgres.os.replace", autospec=True, side_effect=OSError("disk full")),
+        mock.patch("drivers.pgbouncer.os.replace", autospec=True, side_effect=OSError("disk full")),
         pytest.raises(OSError, match="disk full"),
     ):
         pg.userlist_upsert(path, "t_bbbbbbbbbbbbbbbb", "b")
