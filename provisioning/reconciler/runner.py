@@ -217,7 +217,10 @@ def _record_exit(
             code = state.exit_code if state.exit_code is not None else code
             if state.oom_killed:
                 reason = "oom_killed"
-        output = podman.container_logs(replica.name, tail=LAST_OUTPUT_LINES)
+        try:
+            output = podman.container_logs(replica.name, tail=LAST_OUTPUT_LINES)
+        except podman.PodmanNotFound:
+            output = ""  # removed since the pass observed it
     crashed = reason != "vanished"
     streak = replica.crash_streak + 1 if crashed else replica.crash_streak
     delay = planner.restart_delay(

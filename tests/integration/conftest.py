@@ -34,6 +34,7 @@ from devstack.stack import isolated_stack as make_isolated_stack
 PLATFORM_TEST_ENV = {
     "COLTSFOOT_LEASE_SECONDS": "10",
     "COLTSFOOT_RECONCILE_SECONDS": "3",
+    "COLTSFOOT_ORPHAN_GRACE_SECONDS": "5",
     "COLTSFOOT_GIT_ALLOW_LOCAL": "1",
     "COLTSFOOT_START_DEADLINE": "60",
     "COLTSFOOT_LOG_LEVEL": "INFO",
