@@ -8,7 +8,8 @@ puts fakes at the platform's two seams:
 
 - podman: `drivers.podman.run`, the function every podman call goes through, is replaced by an
   in-memory podman that answers `ps --all --format json` and `network ls --format json` with JSON in
-  podman 4.3's shape built from the rows (plus `container inspect`, `logs`, `rm` and `run --detach` for
+  podman 4.3's shape built from the rows (the `ps` answer is encoded once per change, as podman's own
+  time is not the platform's) (plus `container inspect`, `logs`, `rm` and `run --detach` for
   the repair pass). So the measured pass includes the driver's parsing of podman's output, not only
   the planner.
 - Caddy: respx on the Caddy admin URL, holding the edge routes in memory: GET of the routes answers
@@ -116,6 +117,11 @@ class FakePodman:
         self.networks: dict[str, dict[str, str]] = {}
         self.calls: Counter[str] = Counter()
         self._addresses = itertools.count(1)
+        # podman's own time is not the platform's: the `ps` answer is encoded once per change.
+        self._ps_cache: dict[tuple[str, str], str] = {}
+
+    def changed(self) -> None:
+        self._ps_cache.clear()
 
     def next_address(self) -> str:
         n = next(self._addresses)
@@ -127,7 +133,10 @@ class FakePodman:
         command = " ".join(args[:2]) if args[0] in ("container", "network", "image", "secret") else args[0]
         self.calls[command] += 1
         if args[0] == "ps" and args[-2:] == ["--format", "json"]:
-            return self._ps_json(_label_filter(args))
+            label = _label_filter(args)
+            if label not in self._ps_cache:
+                self._ps_cache[label] = self._ps_json(label)
+            return self._ps_cache[label]
         if args[:2] == ["network", "ls"] and args[-2:] == ["--format", "json"]:
             return self._network_ls_json(_label_filter(args))
         if args[:2] == ["network", "exists"]:
@@ -144,6 +153,7 @@ class FakePodman:
             return "".join(f"line {i} of the app's output\n" for i in range(40))
         if args[0] == "rm":
             self.containers.pop(args[-1], None)
+            self.changed()
             return args[-1] + "\n"
         if args[:2] == ["run", "--detach"]:
             return self._run_detached(args)
@@ -195,6 +205,7 @@ class FakePodman:
             created=time.time(),
         )
         self.containers[name] = container
+        self.changed()
         return container.id + "\n"
 
     def _ps_json(self, label: tuple[str, str]) -> str:
@@ -488,6 +499,7 @@ def kill_some(world: World, fraction: float) -> list[str]:
         container = world.podman.containers[name]
         container.running = False
         container.exit_code = 1
+    world.podman.changed()
     return dead
 
 
