@@ -6,7 +6,7 @@ SHELL := /bin/bash
 WITH_ENV := source scripts/env.sh &&
 PYTEST_WORKERS ?= 2
 
-.PHONY: help bootstrap deps base-image lint typecheck unit integration test up down status logs bench
+.PHONY: help bootstrap deps base-image lint typecheck unit integration test up down status logs bench bench-reconcile
 
 help:
 	@echo "make up        start the platform (Redis, Caddy, PostgreSQL, PgBouncer, Celery, API) and deploy examples/hello"
@@ -14,6 +14,7 @@ help:
 	@echo "make status    show what is running"
 	@echo "make test      install what is missing, then lint, type check, unit and integration tests"
 	@echo "make bench     run the deploy benchmark (prints JSON)"
+	@echo "make bench-reconcile  time a reconcile pass over 1,000 apps against fakes (prints JSON)"
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -52,3 +53,6 @@ status:
 
 bench: base-image
 	@$(WITH_ENV) uv run --frozen python -m bench.deploy
+
+bench-reconcile: deps
+	@$(WITH_ENV) uv run --frozen python -m bench.reconcile

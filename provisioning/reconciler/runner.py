@@ -92,10 +92,11 @@ def _row(replica: Replica) -> ReplicaRow:
 
 def load_desired() -> Desired:
     """Every live app with its live deployment's replicas, in a fixed number of queries."""
+    # Only the columns the pass uses: a deployment's log alone can be LOG_MAX_CHARS.
     apps = list(
-        App.objects.filter(state=App.State.ACTIVE, live_deployment__isnull=False).select_related(
-            "tenant", "live_deployment"
-        )
+        App.objects.filter(state=App.State.ACTIVE, live_deployment__isnull=False)
+        .select_related("tenant", "live_deployment")
+        .only("public_id", "hostname", "tenant__public_id", "live_deployment__public_id")
     )
     rows: dict[int, list[ReplicaRow]] = defaultdict(list)
     for replica in Replica.objects.filter(deployment_id__in=[app.live_deployment_id for app in apps]):
@@ -282,6 +283,8 @@ def _health_gate(
     pending: list[_Pending], deployments: _Deployments, now: datetime, report: PassReport, serving: dict[str, str]
 ) -> None:
     """Wait (together) until each started replica answers HTTP, then let it take traffic."""
+    if not pending:
+        return  # the usual pass: no health client (and its TLS context) to build
     deadline = time.monotonic() + float(settings.START_DEADLINE_SECONDS)
     for item in pending:
         if not item.address:
