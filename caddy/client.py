@@ -105,6 +105,8 @@ class CaddyClient:
             # Caddy 2.6 restarts its admin server on every config change, so a pooled idle
             # connection is usually dead by the next request ("connection reset"): don't pool.
             limits=httpx.Limits(max_keepalive_connections=0),
+            # The admin API is plain HTTP on loopback: loading a CA bundle would be wasted work.
+            verify=parts.scheme == "https",
         )
         self._edge_listen = edge_listen
         self._attempts = attempts
@@ -220,7 +222,7 @@ class CaddyClient:
     def edge_routes(self) -> list[JsonObject] | None:
         """Every route of the edge server in one read (the reconciler's observation), or None
         when Caddy has no edge server at all (it restarted without its config)."""
-        routes, _etag = self._routes_read()
+        routes, _etag = self._routes_read(with_etag=False)
         return routes
 
     def edge_load(self, app_routes: list[JsonObject]) -> None:
@@ -319,7 +321,7 @@ class CaddyClient:
             raise
         return True
 
-    def _routes_read(self) -> tuple[list[JsonObject] | None, str]:
+    def _routes_read(self, *, with_etag: bool = True) -> tuple[list[JsonObject] | None, str]:
         """The edge routes and their ETag; None when the server (or its routes) is missing."""
         try:
             response = self._request("GET", ROUTES_PATH)
@@ -331,7 +333,8 @@ class CaddyClient:
         routes = response.json()
         if not isinstance(routes, list):
             return None, ""
-        return [r for r in routes if isinstance(r, dict)], _etag(ROUTES_PATH, response)
+        etag = _etag(ROUTES_PATH, response) if with_etag else ""
+        return [r for r in routes if isinstance(r, dict)], etag
 
     def _request(
         self,
