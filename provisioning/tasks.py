@@ -29,6 +29,8 @@ from caddy.client import CaddyError
 from core.faults import DeployError
 from core.faults import PlatformError
 from drivers import podman
+from platform_apps.deployments.services import release_current
+from platform_apps.idempotency import purge_expired
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import Deployment
@@ -328,8 +330,6 @@ def reconcile() -> dict[str, int]:
     for deployment in leftovers:
         pipeline.remove_containers(deployment, graceful=deployment.state == State.SUPERSEDED)
     addon_count = addons.addons_requeue_stalled()
-    from platform_apps.idempotency import purge_expired
-
     purged = purge_expired()
     return {"deployments": len(deployments), "apps": len(deleting), "addons": addon_count, "idempotency": purged}
 
@@ -349,11 +349,9 @@ def _load_addon(addon_id: str) -> Addon | None:
 
 
 def _rerelease(app_pk: int) -> None:
-    from platform_apps import config_vars
-
     app = App.objects.select_related("tenant", "live_deployment").get(pk=app_pk)
     if app.state == App.State.ACTIVE:
-        config_vars.release_current(app)
+        release_current(app)
 
 
 @shared_task(bind=True, name="coltsfoot.addon_provision", max_retries=MAX_RETRIES)

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from platform_apps.webhooks import sign_generic
-from platform_apps.webhooks import sign_github
+from platform_apps.webhooks.signatures import sign_generic
+from platform_apps.webhooks.signatures import sign_github
 from tests.integration.helpers import HELLO
 from tests.integration.helpers import hello_archive
 from tests.integration.helpers import latest_deployment_number
