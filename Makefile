@@ -28,6 +28,7 @@ base-image: deps
 lint: deps
 	@$(WITH_ENV) uv run --frozen ruff check .
 	@$(WITH_ENV) uv run --frozen ruff format --check .
+	@$(WITH_ENV) uv run --frozen lint-imports
 
 typecheck: deps
 	@$(WITH_ENV) uv run --frozen mypy .

@@ -344,6 +344,7 @@ def build_world(n_apps: int, log_kb: int) -> World:
     from platform_apps.models import Deployment
     from platform_apps.models import Replica
     from provisioning import pipeline
+    from provisioning import runtime
     from tenants.models import Tenant
 
     fake = FakePodman()
@@ -391,14 +392,14 @@ def build_world(n_apps: int, log_kb: int) -> World:
 
     instance = str(settings.INSTANCE_ID)
     for tenant in tenants:
-        fake.networks[pipeline.tenant_network(tenant.public_id)] = {
+        fake.networks[runtime.tenant_network(tenant.public_id)] = {
             "coltsfoot.instance": instance,
             "coltsfoot.tenant": str(tenant.public_id),
         }
     replicas: list[Replica] = []
     routes: list[dict[str, Any]] = []
     for app, deployment in zip(apps, deployments, strict=True):
-        network = pipeline.tenant_network(app.tenant.public_id)
+        network = runtime.tenant_network(app.tenant.public_id)
         upstreams = []
         for index in range(app.replicas):
             name = pipeline.replica_name(deployment.public_id, index)

@@ -12,10 +12,11 @@ from ninja import Status
 
 from core.errors import error_response
 from core.errors import install_error_handlers
-from platform_apps.api import router as apps_router
-from platform_apps.config_api import router as config_router
-from platform_apps.deployments_api import router as deployments_router
-from platform_apps.webhooks_api import router as webhooks_router
+from platform_apps.addons.api import router as addons_router
+from platform_apps.apps.api import router as apps_router
+from platform_apps.config.api import router as config_router
+from platform_apps.deployments.api import router as deployments_router
+from platform_apps.webhooks.api import router as webhooks_router
 from tenants.api import router as tokens_router
 from tenants.auth import TokenAuth
 
@@ -40,7 +41,14 @@ class ReadyOut(Schema):
     checks: dict[str, bool]
 
 
-@api.get("/health", auth=None, response=HealthOut, tags=["health"], summary="The API process is up")
+@api.get(
+    "/health",
+    auth=None,
+    response=HealthOut,
+    tags=["health"],
+    summary="The API process is up",
+    operation_id="config_api_health",
+)
 def health(request: HttpRequest) -> dict[str, str]:
     return {"status": "ok"}
 
@@ -75,7 +83,12 @@ def _check_caddy() -> bool:
 
 
 @api.get(
-    "/ready", auth=None, response={200: ReadyOut, 503: ReadyOut}, tags=["health"], summary="Dependencies reachable"
+    "/ready",
+    auth=None,
+    response={200: ReadyOut, 503: ReadyOut},
+    tags=["health"],
+    summary="Dependencies reachable",
+    operation_id="config_api_ready",
 )
 def ready(request: HttpRequest) -> Status[dict[str, object]]:
     checks = {"database": _check_database(), "broker": _check_broker(), "caddy": _check_caddy()}
@@ -88,6 +101,7 @@ api.add_router("/", tokens_router)
 api.add_router("/", apps_router)
 api.add_router("/", deployments_router)
 api.add_router("/", config_router)
+api.add_router("/", addons_router)
 api.add_router("/", webhooks_router)
 
 __all__ = ["api", "error_response"]

@@ -18,6 +18,7 @@ from django.http import HttpRequest
 from django.http import HttpResponse
 from django.http import JsonResponse
 from ninja import NinjaAPI
+from ninja import Schema
 from ninja.errors import AuthenticationError
 from ninja.errors import AuthorizationError
 from ninja.errors import HttpError
@@ -61,6 +62,23 @@ class Conflict(ApiError):
 
 class Unprocessable(ApiError):
     status = 422
+
+
+class ErrorDetail(Schema):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorOut(Schema):
+    """The error shape, for the OpenAPI document."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int, type[ErrorOut]]:
+    """`response=` entries for a route's error statuses."""
+    return dict.fromkeys(statuses, ErrorOut)
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:

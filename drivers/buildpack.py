@@ -1,8 +1,8 @@
 """Detect a tenant app and describe how to build it: pure functions on an unpacked source tree.
 
-The tenant app convention (see design.md): the archive's root holds a `Procfile` with a `web:`
-process (and optionally `release:`), plus `requirements.txt` or `pyproject.toml` (with `uv.lock`
-honoured when present).
+The tenant app convention (README.md, "Deploy your own app"): the archive's root holds a
+`Procfile` with a `web:` process (and optionally `release:`), plus `requirements.txt` or
+`pyproject.toml` (with `uv.lock` honoured when present).
 
 A build happens in two images, and no tenant-controlled code ever runs on the host:
 

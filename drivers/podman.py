@@ -9,8 +9,7 @@ arguments *without* the global prefix (`podman --runtime runsc --runtime-flag ..
 adds, so every container this module starts runs under gVisor.
 
 Checked against podman 4.3.1 (Debian 12):
-- `podman secret create` has no `--replace` and there is no `podman secret exists`, so
-  `secret_set` removes and re-creates and `secret_exists` inspects.
+- `podman secret create` has no `--replace`, so `secret_set` removes and re-creates.
 - `podman run` defaults `--http-proxy=true` (copies the *host's* proxy variables into the
   container) and `--pull=missing` (would reach for a registry on a typo): both are turned off.
 - Exit code 125 is podman's own failure (126/127: runsc could not start the command); anything
@@ -613,13 +612,6 @@ def network_gateway(name: str) -> str:
     )
 
 
-def network_remove(name: str) -> None:
-    try:
-        run(network_rm_argv(name))
-    except PodmanNotFound:
-        return
-
-
 def container_run_detached(spec: ContainerSpec) -> str:
     """Start the container; returns its id."""
     return run(run_detached_argv(spec)).strip()
@@ -835,14 +827,6 @@ def image_remove(ref: str) -> None:
         run(image_rm_argv(ref))
     except PodmanNotFound:
         return
-
-
-def secret_exists(name: str) -> bool:
-    try:
-        run(secret_inspect_argv(name))
-    except PodmanNotFound:
-        return False
-    return True
 
 
 def secret_list() -> list[str]:

@@ -1,4 +1,4 @@
-"""Managed PostgreSQL add-ons: the steps the Celery tasks run, and the app's DATABASE_URL."""
+"""Managed PostgreSQL add-ons: the steps the Celery tasks run (the app's DATABASE_URL is `runtime`'s)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from core import crypto
-from drivers import podman
 from drivers import postgres
 from platform_apps.models import Addon
 from platform_apps.models import App
-from provisioning.pipeline import tenant_network
 
 logger = logging.getLogger(__name__)
 
@@ -24,28 +22,6 @@ def log_context(addon: Addon) -> dict[str, str]:
         "app_id": str(addon.app.public_id),
         "addon_id": str(addon.public_id),
     }
-
-
-def pgbouncer_host(app: App) -> str:
-    """Where the app's containers reach PgBouncer: a configured address, else the gateway of the
-    tenant's podman network (the host side of its bridge)."""
-    if settings.PGBOUNCER_HOST:
-        return str(settings.PGBOUNCER_HOST)
-    return podman.network_gateway(tenant_network(app.tenant.public_id))
-
-
-def credentials(addon: Addon) -> postgres.PgCredentials:
-    return postgres.PgCredentials(
-        role=addon.role_name,
-        database=addon.database_name,
-        password=crypto.decrypt(addon.password_encrypted),
-        host=pgbouncer_host(addon.app),
-        port=int(settings.PGBOUNCER_PORT),
-    )
-
-
-def database_url(addon: Addon) -> str:
-    return credentials(addon).database_url()
 
 
 def provision(addon: Addon) -> None:

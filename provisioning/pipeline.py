@@ -32,9 +32,12 @@ from core.faults import PlatformError
 from core.faults import UserError
 from drivers import buildpack
 from drivers import podman
+from platform_apps.deployments.services import git_validate
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
+from provisioning.runtime import resolve_for_runtime
+from provisioning.runtime import tenant_network
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +51,6 @@ CA_BUNDLE_IN_CONTAINER = "/etc/ssl/certs/ca-certificates.crt"
 
 
 # --- Names (deterministic) ------------------------------------------------------------------
-
-
-def tenant_network(tenant_id: uuid.UUID) -> str:
-    return f"cf-t-{tenant_id.hex[:20]}"
 
 
 def replica_name(deployment_id: uuid.UUID, index: int) -> str:
@@ -305,10 +304,8 @@ def secret_name(deployment_id: uuid.UUID, key: str) -> str:
 def runtime_env(deployment: Deployment) -> Runtime:
     """The app's environment: PORT, platform facts, config vars, and secrets as podman secrets
     named per deployment (so they disappear with the deployment that used them)."""
-    from platform_apps import config_vars
-
     app = deployment.app
-    resolved = config_vars.resolve_for_runtime(app)
+    resolved = resolve_for_runtime(app)
     env = {
         **resolved.plain,
         "PORT": str(APP_PORT),
@@ -326,9 +323,7 @@ def runtime_env(deployment: Deployment) -> Runtime:
 
 def resolve_secrets(deployment: Deployment) -> tuple[str, ...]:
     """The secret values the deployment's output must be redacted of (creates nothing)."""
-    from platform_apps import config_vars
-
-    return tuple(config_vars.resolve_for_runtime(deployment.app).secrets.values())
+    return tuple(resolve_for_runtime(deployment.app).secrets.values())
 
 
 def remove_secrets(deployment: Deployment) -> None:
@@ -522,22 +517,6 @@ def cleanup_build_dir(deployment: Deployment) -> None:
 
 
 # --- Git sources ----------------------------------------------------------------------------
-
-
-def git_validate(url: str, ref: str) -> str:
-    """Check a git URL and ref against the platform's allow-list; returns the URL to clone."""
-    from drivers import git as git_source
-
-    try:
-        git_source.validate_git_ref(ref)
-        return git_source.validate_git_url(
-            url,
-            allowed_schemes=tuple(settings.GIT_ALLOWED_SCHEMES),
-            allowed_hosts=tuple(settings.GIT_ALLOWED_HOSTS),
-            allow_local=bool(settings.GIT_ALLOW_LOCAL),
-        )
-    except (git_source.GitUrlRejected, git_source.GitRefRejected) as exc:
-        raise UserError(exc.code, exc.message) from exc
 
 
 def fetch_git(deployment: Deployment) -> None:

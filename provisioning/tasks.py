@@ -32,6 +32,8 @@ from core.faults import DeployError
 from core.faults import PlatformError
 from core.faults import is_transient
 from drivers import podman
+from platform_apps.deployments.services import release_current
+from platform_apps.idempotency import purge_expired
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import Deployment
@@ -354,8 +356,6 @@ def requeue_work(now: datetime | None = None) -> dict[str, int]:
         pipeline.remove_containers(deployment, graceful=deployment.state == State.SUPERSEDED)
     addon_count = addons.addons_requeue_stalled()
     auth_repaired = addons.addons_repair_auth()
-    from platform_apps.idempotency import purge_expired
-
     purged = purge_expired()
     return {
         "deployments": len(deployments),
@@ -402,11 +402,9 @@ def _load_addon(addon_id: str) -> Addon | None:
 
 
 def _rerelease(app_pk: int) -> None:
-    from platform_apps import config_vars
-
     app = App.objects.select_related("tenant", "live_deployment").get(pk=app_pk)
     if app.state == App.State.ACTIVE:
-        config_vars.release_current(app)
+        release_current(app)
 
 
 @shared_task(bind=True, base=PlatformTask, name="coltsfoot.addon_provision")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import timedelta
 
 from django.http import HttpRequest
@@ -11,8 +10,7 @@ from django.utils import timezone
 from ninja.security import HttpBearer
 
 from core.errors import Forbidden
-from core.errors import NotFound
-from core.logging import tenant_id_var
+from core.logging import bind
 from tenants.models import ApiToken
 
 logger = logging.getLogger(__name__)
@@ -44,7 +42,7 @@ class TokenAuth(HttpBearer):
         api_token: ApiToken | None = ApiToken.objects.select_related("tenant", "app").filter(prefix=prefix).first()
         if api_token is None or not api_token.matches(token) or api_token.is_revoked:
             return None
-        tenant_id_var.set(str(api_token.tenant.public_id))
+        bind(tenant_id=api_token.tenant.public_id)
         if not api_token.tenant.is_active:
             raise Forbidden("tenant.suspended", "This tenant is suspended; contact the platform administrators.")
         now = timezone.now()
@@ -60,9 +58,13 @@ def request_token(request: HttpRequest) -> ApiToken:
     return token
 
 
-def require_scope(token: ApiToken, *scopes: str) -> None:
-    """The token needs at least one of `scopes`."""
-    if not any(token.has_scope(scope) for scope in scopes):
+Scopes = str | tuple[str, ...]
+
+
+def require_scope(token: ApiToken, scope: Scopes) -> None:
+    """The token needs `scope`, or at least one of a tuple of scopes."""
+    scopes = (scope,) if isinstance(scope, str) else scope
+    if not any(token.has_scope(one) for one in scopes):
         raise Forbidden(
             "auth.insufficient_scope",
             f"This token lacks the scope this needs ({' or '.join(scopes)}).",
@@ -70,12 +72,12 @@ def require_scope(token: ApiToken, *scopes: str) -> None:
         )
 
 
-def require_app_visible(token: ApiToken, app_public_id: uuid.UUID) -> None:
-    """A token restricted to one app sees no other: the same 404 as for another tenant's app."""
-    if token.app_id is not None and token.app.public_id != app_public_id:
-        raise NotFound("app")
-
-
-def require_unrestricted(token: ApiToken) -> None:
-    if token.app_id is not None:
+def caller(request: HttpRequest, *, scope: Scopes, unrestricted: bool = False) -> ApiToken:
+    """The access rule for tenant-wide operations (no one object named): the token, then its scope,
+    then, with `unrestricted`, that it is not a token restricted to one app. Operations on one app
+    or deployment use `platform_apps.access`, which looks the object up first."""
+    token = request_token(request)
+    require_scope(token, scope)
+    if unrestricted and token.app_id is not None:
         raise Forbidden("auth.insufficient_scope", "This token is restricted to one app and may not do that.")
+    return token

@@ -60,8 +60,3 @@ class TokenCreatedOut(TokenOut):
     @staticmethod
     def resolve_token(obj: Any) -> str:
         return str(obj.plaintext)
-
-
-class TokenListOut(Schema):
-    items: list[TokenOut]
-    count: int

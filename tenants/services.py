@@ -36,7 +36,7 @@ def _token_insert(*, tenant: Tenant, name: str, scopes: list[str], app_pk: int |
             continue
         logger.info(
             "api token created",
-            extra={"tenant_id": str(tenant.public_id), "token_id": str(token.public_id), "scopes": scopes},
+            extra={"token_id": str(token.public_id), "scopes": scopes},
         )
         return token, plaintext
     raise Conflict("token.prefix_exhausted", "Could not allocate a token; try again.")
@@ -67,5 +67,5 @@ def token_revoke(*, token: ApiToken) -> None:
     if ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
         logger.info(
             "api token revoked",
-            extra={"tenant_id": str(token.tenant.public_id), "token_id": str(token.public_id)},
+            extra={"token_id": str(token.public_id)},
         )

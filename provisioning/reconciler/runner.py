@@ -32,6 +32,7 @@ from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
 from provisioning import pipeline
+from provisioning import runtime
 from provisioning.reconciler import planner
 from provisioning.reconciler.state import Desired
 from provisioning.reconciler.state import EdgeLoad
@@ -114,7 +115,7 @@ def load_desired() -> Desired:
                 app_id=app.public_id,
                 tenant_id=app.tenant.public_id,
                 deployment_id=deployment.public_id,
-                network=pipeline.tenant_network(app.tenant.public_id),
+                network=runtime.tenant_network(app.tenant.public_id),
                 hostnames=(app.hostname,),
                 replicas=tuple(sorted(rows.get(deployment.pk, []), key=lambda r: r.index)),
                 switching=app.pk in switching,

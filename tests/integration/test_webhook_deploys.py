@@ -21,8 +21,8 @@ from devstack.services import DEFAULT_BASE_IMAGE
 from devstack.services import INSTANCE_LABEL
 from devstack.services import Platform
 from devstack.services import RegistryServer
-from platform_apps.webhooks import sign_generic
-from platform_apps.webhooks import sign_github
+from platform_apps.webhooks.signatures import sign_generic
+from platform_apps.webhooks.signatures import sign_github
 from tests.integration.helpers import HELLO
 from tests.integration.helpers import hello_archive
 from tests.integration.helpers import latest_deployment_number

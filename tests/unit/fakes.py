@@ -9,23 +9,28 @@ fixtures that install them live in tests/unit/conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import time
 import uuid
 from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from django.conf import settings
 from django.db.models import Max
 
 from caddy import routes as caddy_routes
+from core import queue
 from drivers import podman
+from platform_apps.apps.services import app_create
 from platform_apps.models import App
 from platform_apps.models import Deployment
-from platform_apps.services import app_create
 from provisioning import pipeline
+from provisioning import tasks
 from tenants.models import Tenant
 from tenants.services import tenant_create
 
@@ -408,3 +413,26 @@ def make_live(app: App) -> Deployment:
     app.live_deployment = live
     app.save(update_fields=["live_deployment"])
     return live
+
+
+# --- The broker -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def task_queued(task: str) -> Iterator[mock.MagicMock]:
+    """Stand in for the broker for one task (`tasks.<task>`): whatever queues it, the domain by name
+    through `core.queue.send` or the workflow through `.delay`, lands in the mock this yields,
+    called with the task's arguments. Other tasks go on to whatever was there before."""
+    task_object = getattr(tasks, task)
+    with mock.patch.object(task_object, "delay", autospec=True) as delay:
+        previous = queue.send
+
+        def send(task_name: str, args: tuple[str, ...]) -> None:
+            if task_name == task_object.name:
+                delay(*args)
+            else:
+                previous(task_name, args)
+
+        # Not autospec'd: `previous` may be another task's stand-in; `send` has the real signature.
+        with mock.patch.object(queue, "send", side_effect=send):
+            yield delay

@@ -22,13 +22,14 @@ from conftest import Actor
 from core import crypto
 from drivers.postgres import PgCredentials
 from drivers.postgres import PostgresError
-from platform_apps import config_vars
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
 from provisioning import tasks
+from provisioning.runtime import resolve_for_runtime
 from tests.unit.fakes import make_live
+from tests.unit.fakes import task_queued
 
 ADDON_FIELDS = {"id", "app_id", "kind", "state", "database", "user", "error", "created_at", "updated_at"}
 
@@ -42,19 +43,19 @@ def app(owner: Actor) -> App:
 
 @pytest.fixture
 def provision_queued() -> Iterator[mock.MagicMock]:
-    with mock.patch("provisioning.tasks.addon_provision.delay", autospec=True) as delay:
+    with task_queued("addon_provision") as delay:
         yield delay
 
 
 @pytest.fixture
 def deprovision_queued() -> Iterator[mock.MagicMock]:
-    with mock.patch("provisioning.tasks.addon_deprovision.delay", autospec=True) as delay:
+    with task_queued("addon_deprovision") as delay:
         yield delay
 
 
 @pytest.fixture
 def deploy_queued() -> Iterator[mock.MagicMock]:
-    with mock.patch("provisioning.tasks.deployment_run.delay", autospec=True) as delay:
+    with task_queued("deployment_run") as delay:
         yield delay
 
 
@@ -257,12 +258,12 @@ def test_runtime_gets_database_url_as_a_secret_pointing_at_pgbouncer(
     settings.PGBOUNCER_PORT = 6433
     body = create(owner, app, django_capture_on_commit_callbacks)
     # Not before it is ready.
-    assert "DATABASE_URL" not in config_vars.resolve_for_runtime(app).secrets
+    assert "DATABASE_URL" not in resolve_for_runtime(app).secrets
 
     provision_ready(body["id"], django_capture_on_commit_callbacks)
     addon = Addon.objects.get(public_id=body["id"])
     password = crypto.decrypt(addon.password_encrypted)
-    runtime = config_vars.resolve_for_runtime(app)
+    runtime = resolve_for_runtime(app)
     assert "DATABASE_URL" not in runtime.plain
     assert runtime.secrets["DATABASE_URL"] == (
         f"postgresql://{body['user']}:{password}@10.1.2.3:6433/{body['database']}"
@@ -285,7 +286,7 @@ def test_database_url_quotes_the_password(
     Addon.objects.filter(public_id=body["id"]).update(password_encrypted=crypto.encrypt(awkward))
     provision_ready(body["id"], django_capture_on_commit_callbacks)
 
-    url = config_vars.resolve_for_runtime(app).secrets["DATABASE_URL"]
+    url = resolve_for_runtime(app).secrets["DATABASE_URL"]
     parts = urlsplit(url)
     assert parts.scheme == "postgresql"
     assert parts.hostname == "10.1.2.3"
@@ -335,7 +336,7 @@ def test_transient_failure_retries_then_fails_and_cleans_up(
     assert got["error"]["code"] == "addon.provision_failed"
     assert "57P03" not in got["error"]["message"]
     # A failed database is not wired into the app, nor released.
-    assert "DATABASE_URL" not in config_vars.resolve_for_runtime(app).secrets
+    assert "DATABASE_URL" not in resolve_for_runtime(app).secrets
     assert Deployment.objects.filter(app=app).count() == 1
     deploy_queued.assert_not_called()
 
@@ -440,7 +441,7 @@ def test_delete_deprovisions_and_removes_the_row(
     assert not Addon.objects.filter(app=app).exists()
     assert owner.call("GET", path(app)).status_code == 404
     # The app is released without the database.
-    assert "DATABASE_URL" not in config_vars.resolve_for_runtime(app).secrets
+    assert "DATABASE_URL" not in resolve_for_runtime(app).secrets
     newest = Deployment.objects.filter(app=app).order_by("-number").first()
     assert newest is not None
     assert newest.source_kind == Deployment.SourceKind.RELEASE

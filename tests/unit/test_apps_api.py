@@ -9,6 +9,7 @@ from django.test.utils import CaptureQueriesContext
 
 from conftest import Actor
 from platform_apps.models import App
+from tests.unit.fakes import task_queued
 
 
 def test_create_get_patch_list(owner: Actor):
@@ -88,7 +89,7 @@ def test_replica_and_memory_quotas(owner: Actor):
 def test_delete_marks_deleting_and_queues_teardown(owner: Actor, django_capture_on_commit_callbacks: Any):
     app_id = owner.call("POST", "/apps", {"name": "bye"}).json()["id"]
     with (
-        mock.patch("provisioning.tasks.app_teardown.delay", autospec=True) as delay,
+        task_queued("app_teardown") as delay,
         django_capture_on_commit_callbacks(execute=True),
     ):
         response = owner.call("DELETE", f"/apps/{app_id}")
@@ -144,7 +145,7 @@ def test_scaling_a_live_app_re_releases_it(owner: Actor, django_capture_on_commi
     )
     App.objects.filter(pk=app.pk).update(live_deployment=live)
     with (
-        mock.patch("provisioning.tasks.deployment_run.delay", autospec=True) as delay,
+        task_queued("deployment_run") as delay,
         django_capture_on_commit_callbacks(execute=True),
     ):
         assert owner.call("PATCH", f"/apps/{app_id}", {"replicas": 2}).status_code == 200

@@ -17,14 +17,15 @@ from django.urls import reverse
 
 from conftest import Actor
 from core import crypto
-from platform_apps import config_vars
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
+from provisioning.runtime import resolve_for_runtime
 from tenants.models import ApiToken
 from tenants.services import token_create
 from tests.unit.fakes import make_live
+from tests.unit.fakes import task_queued
 
 SECRET = "s3cr3t-value"
 # Distinctive enough that finding it anywhere means it leaked, not that a short word matched.
@@ -34,7 +35,7 @@ SECRET_MARKER = "secret-marker-Wk3pJ"
 
 @pytest.fixture(autouse=True)
 def _tolerate_config_n_plus_one(settings: Any) -> None:
-    # config_vars._apply runs a SELECT (and an update_or_create) per key, which the unit-test
+    # config.services._apply runs a SELECT (and an update_or_create) per key, which the unit-test
     # settings' django-zeal turns into a 500 for any PATCH with two or more keys. That bug is
     # pinned by test_multi_key_patch_is_not_an_n_plus_one; the other tests look past it so they
     # can check everything else.
@@ -50,7 +51,7 @@ def app(owner: Actor) -> App:
 
 @pytest.fixture
 def queued() -> Iterator[mock.MagicMock]:
-    with mock.patch("provisioning.tasks.deployment_run.delay", autospec=True) as delay:
+    with task_queued("deployment_run") as delay:
         yield delay
 
 
@@ -84,7 +85,7 @@ def test_patch_sets_vars_and_secrets_on_never_deployed_app(owner: Actor, app: Ap
     queued.assert_not_called()
 
     # The runtime gets both, and the secret as a secret (a podman secret, not --env).
-    runtime = config_vars.resolve_for_runtime(app)
+    runtime = resolve_for_runtime(app)
     assert runtime.plain == {"GREETING": "hi"}
     assert runtime.secrets == {"API_KEY": SECRET}
 
@@ -257,7 +258,7 @@ def test_database_url_is_the_tenants_until_an_addon_exists(owner: Actor, app: Ap
     assert response.json()["secrets"] == ["DATABASE_URL"]
     assert owner.call("PATCH", path(app), {"secrets": {"DATABASE_URL": None}}).status_code == 200
 
-    with mock.patch("provisioning.tasks.addon_provision.delay", autospec=True):
+    with task_queued("addon_provision"):
         assert owner.call("POST", f"/apps/{app.public_id}/addons/postgres").status_code == 202
     for section in ("vars", "secrets"):
         refused = owner.call("PATCH", path(app), {section: {"DATABASE_URL": own_url}})
@@ -526,7 +527,7 @@ def test_secrets_survive_key_rotation(owner: Actor, app: App, settings: Any):
     old_token = ConfigVar.objects.get(app=app, key="API_KEY").value_encrypted
 
     settings.FERNET_KEYS = [new_key, old_key]
-    assert config_vars.resolve_for_runtime(app).secrets == {"API_KEY": SECRET}
+    assert resolve_for_runtime(app).secrets == {"API_KEY": SECRET}
     rotated = crypto.rotate(old_token)
     assert rotated != old_token
 

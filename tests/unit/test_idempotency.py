@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -24,6 +23,7 @@ from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import IdempotencyRecord
 from tenants.models import ApiToken
+from tests.unit.fakes import task_queued
 
 IMAGE = "docker.io/library/python:3.13"
 
@@ -190,7 +190,7 @@ def test_archive_upload_with_the_same_key_deploys_once(
 ):
     archive = source_archive()
     with (
-        mock.patch("provisioning.tasks.deployment_run.delay", autospec=True) as delay,
+        task_queued("deployment_run") as delay,
         django_capture_on_commit_callbacks(execute=True),
     ):
         first = upload_archive(owner, app["id"], archive, key="upload-1")

@@ -12,6 +12,7 @@ from core.faults import UserError
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from provisioning import pipeline
+from provisioning import runtime
 from tenants.services import tenant_create
 from tests.unit.fakes import REQUIREMENTS
 from tests.unit.fakes import WEB
@@ -33,7 +34,7 @@ def test_names_are_deterministic_and_built_from_uuids():
     assert pipeline.replica_name(deployment_id, 0) == "tsl-0b7c5b0e-5a43-4a8e-9d0c-3f1e2d4c5b6a-0"
     assert pipeline.replica_name(deployment_id, 3) == "tsl-0b7c5b0e-5a43-4a8e-9d0c-3f1e2d4c5b6a-3"
     assert pipeline.replica_name(deployment_id, 1) == pipeline.replica_name(uuid.UUID(str(deployment_id)), 1)
-    assert pipeline.tenant_network(tenant_id) == "cf-t-4f2a9c1d8e7b4a6cb5d4"
+    assert runtime.tenant_network(tenant_id) == "cf-t-4f2a9c1d8e7b4a6cb5d4"
     assert pipeline.app_image_ref(deployment_id) == "localhost/coltsfoot-app:0b7c5b0e-5a43-4a8e-9d0c-3f1e2d4c5b6a"
     assert pipeline.release_container_name(deployment_id) != pipeline.deps_container_name(deployment_id)
 
@@ -86,7 +87,7 @@ def test_sandbox_spec_runs_as_the_tenants_uid_with_the_apps_limits(deployment: D
     assert spec.uid > 0
     assert spec.memory_mb == 384
     assert spec.cpus == 0.5
-    assert spec.network == pipeline.tenant_network(tenant.public_id)
+    assert spec.network == runtime.tenant_network(tenant.public_id)
     assert spec.read_only
     assert spec.shell_path == "/bin/bash"
     assert spec.workdir == "/app/src"

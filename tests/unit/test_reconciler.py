@@ -16,7 +16,7 @@ from drivers import podman
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
-from provisioning import pipeline
+from provisioning import runtime
 from provisioning import tasks
 from provisioning.reconciler import lease
 from provisioning.reconciler import planner
@@ -448,7 +448,7 @@ def test_a_caddy_that_lost_its_config_gets_every_route_back(app: App, fake_podma
 
 def test_a_removed_network_is_recreated_and_an_orphan_removed(app: App, fake_podman: FakePodman, settings: Any):
     live_deployment = go_live(app)
-    network = pipeline.tenant_network(app.tenant.public_id)
+    network = runtime.tenant_network(app.tenant.public_id)
     fake_podman.networks.pop(network)
     for name in [r.name for r in replicas_of(live_deployment)]:
         fake_podman.container_remove(name)  # `podman network rm -f` takes its containers along

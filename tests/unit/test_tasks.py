@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from core import crypto
 from drivers import podman
-from platform_apps.deployments import deployment_create_rollback
+from platform_apps.deployments.services import deployment_create_rollback
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment

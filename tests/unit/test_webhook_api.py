@@ -24,8 +24,9 @@ from core import crypto
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import WebhookDelivery
-from platform_apps.webhooks import sign_generic
-from platform_apps.webhooks import sign_github
+from platform_apps.webhooks.signatures import sign_generic
+from platform_apps.webhooks.signatures import sign_github
+from tests.unit.fakes import task_queued
 
 IMAGE = "docker.io/library/python:3.13"
 CLONE_URL = "https://github.com/acme/shop.git"
@@ -202,7 +203,7 @@ def test_read_only_token_cannot_rotate(owner: Actor, app: dict[str, Any]):
 def test_signed_image_deploy_is_queued(app: dict[str, Any], secret: str, django_capture_on_commit_callbacks: Any):
     body = image_body()
     with (
-        mock.patch("provisioning.tasks.deployment_run.delay", autospec=True) as delay,
+        task_queued("deployment_run") as delay,
         django_capture_on_commit_callbacks(execute=True),
     ):
         response = hook(app["id"], body, generic_headers(secret, body))
@@ -374,7 +375,7 @@ def test_replayed_delivery_returns_the_original_deployment(
     body = image_body()
     headers = generic_headers(secret, body)
     with (
-        mock.patch("provisioning.tasks.deployment_run.delay", autospec=True) as delay,
+        task_queued("deployment_run") as delay,
         django_capture_on_commit_callbacks(execute=True),
     ):
         first = hook(app["id"], body, headers)
@@ -486,7 +487,7 @@ def test_github_push_to_the_deploy_branch_deploys_that_commit(
 ):
     body = push_body(after=SHA.upper())
     with (
-        mock.patch("provisioning.tasks.deployment_run.delay", autospec=True) as delay,
+        task_queued("deployment_run") as delay,
         django_capture_on_commit_callbacks(execute=True),
     ):
         response = hook(app["id"], body, github_headers(secret, body))

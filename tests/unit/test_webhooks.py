@@ -5,14 +5,14 @@ import json
 import pytest
 
 from drivers.git import GitSource
-from platform_apps.webhooks import GithubDelivery
-from platform_apps.webhooks import WebhookPayloadInvalid
-from platform_apps.webhooks import WebhookRejected
-from platform_apps.webhooks import parse_github_push
-from platform_apps.webhooks import sign_generic
-from platform_apps.webhooks import sign_github
-from platform_apps.webhooks import verify_generic
-from platform_apps.webhooks import verify_github
+from platform_apps.webhooks.signatures import GithubDelivery
+from platform_apps.webhooks.signatures import WebhookPayloadInvalid
+from platform_apps.webhooks.signatures import WebhookRejected
+from platform_apps.webhooks.signatures import parse_github_push
+from platform_apps.webhooks.signatures import sign_generic
+from platform_apps.webhooks.signatures import sign_github
+from platform_apps.webhooks.signatures import verify_generic
+from platform_apps.webhooks.signatures import verify_github
 
 SECRET = b"whsec-test-0123456789"
 NOW = 1_750_000_000

@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand
 from django.core.management.base import CommandError
 from django.db import transaction
 
+from core.logging import bind
 from tenants.models import Tenant
 from tenants.services import tenant_create
 from tenants.services import token_create_initial
@@ -27,6 +28,7 @@ class Command(BaseCommand):
         try:
             with transaction.atomic():
                 tenant = tenant_create(slug=slug)
+                bind(tenant_id=tenant.public_id)  # what the API's auth does for a request
                 _token, plaintext = token_create_initial(tenant=tenant, name="initial")
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc

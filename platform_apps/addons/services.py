@@ -10,7 +10,9 @@ from django.db import transaction
 
 from core import crypto
 from core.errors import Conflict
-from core.errors import NotFound
+from core.queue import enqueue_on_commit
+from drivers import postgres
+from platform_apps.addons.selectors import addon_get
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
@@ -18,15 +20,8 @@ from platform_apps.models import ConfigVar
 logger = logging.getLogger(__name__)
 
 
-def _context(app: App, addon: Addon) -> dict[str, str]:
-    return {"tenant_id": str(app.tenant.public_id), "app_id": str(app.public_id), "addon_id": str(addon.public_id)}
-
-
 @transaction.atomic
 def addon_create(*, app: App) -> Addon:
-    from drivers import postgres
-    from provisioning import tasks
-
     if app.state != App.State.ACTIVE:
         raise Conflict("app.deleting", "This app is being deleted.")
     addon: Addon | None = Addon.objects.filter(app=app).first()
@@ -38,6 +33,8 @@ def addon_create(*, app: App) -> Addon:
         raise Conflict("config.reserved_key", "Remove the app's own DATABASE_URL config var first.")
     if addon is None:
         public_id = uuid.uuid4()
+        # The driver owns the naming scheme (a pure function of the add-on's id); the names are
+        # stored so the API can show them before the workflow has created anything.
         addon = Addon.objects.create(
             app=app,
             public_id=public_id,
@@ -49,29 +46,18 @@ def addon_create(*, app: App) -> Addon:
         addon.state = Addon.State.PROVISIONING
         addon.error_code = addon.error_message = ""
         addon.save(update_fields=["state", "error_code", "error_message", "updated_at"])
-    addon_id = str(addon.public_id)
-    transaction.on_commit(lambda: tasks.addon_provision.delay(addon_id))
-    logger.info("postgres add-on requested", extra=_context(app, addon))
-    return addon
-
-
-def addon_get(*, app: App) -> Addon:
-    addon: Addon | None = Addon.objects.select_related("app").filter(app=app).first()
-    if addon is None:
-        raise NotFound("add-on")
+    enqueue_on_commit("coltsfoot.addon_provision", str(addon.public_id))
+    logger.info("postgres add-on requested", extra={"addon_id": str(addon.public_id)})
     return addon
 
 
 @transaction.atomic
 def addon_delete(*, app: App) -> Addon:
-    from provisioning import tasks
-
     addon = addon_get(app=app)
     if addon.state == Addon.State.PROVISIONING:
         raise Conflict("addon.provisioning", "The database is still being created; delete it once it is ready.")
     Addon.objects.filter(pk=addon.pk).update(state=Addon.State.DEPROVISIONING)
     addon.state = Addon.State.DEPROVISIONING
-    addon_id = str(addon.public_id)
-    transaction.on_commit(lambda: tasks.addon_deprovision.delay(addon_id))
-    logger.info("postgres add-on removal requested", extra=_context(app, addon))
+    enqueue_on_commit("coltsfoot.addon_deprovision", str(addon.public_id))
+    logger.info("postgres add-on removal requested", extra={"addon_id": str(addon.public_id)})
     return addon

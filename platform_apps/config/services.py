@@ -1,21 +1,20 @@
-"""Config vars and secrets: validation, encrypted storage, releases, and what a container gets.
+"""Writes to config vars and secrets: validation, encrypted storage, and the release that applies them.
 
 Every value is encrypted at rest. Secret values are write-only: they leave the platform only
-as podman secrets mounted into the app's own containers (see `drivers.podman`), and are
-redacted from deployment logs."""
+as podman secrets mounted into the app's own containers (the workflow's `provisioning.runtime`
+hands them over), and are redacted from deployment logs."""
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
-from dataclasses import field
 
 from django.db import transaction
 
 from core import crypto
 from core.errors import Conflict
 from core.errors import Unprocessable
+from platform_apps.deployments.services import release_current
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
@@ -64,17 +63,6 @@ def addon_owned_keys(app: App) -> frozenset[str]:
     return ADDON_OWNED_KEYS if has_addon else frozenset()
 
 
-def config_get(app: App) -> tuple[dict[str, str], list[str]]:
-    plain: dict[str, str] = {}
-    secrets: list[str] = []
-    for var in ConfigVar.objects.filter(app=app):
-        if var.secret:
-            secrets.append(var.key)
-        else:
-            plain[var.key] = crypto.decrypt(var.value_encrypted)
-    return plain, secrets
-
-
 @transaction.atomic
 def config_patch(*, app: App, plain: dict[str, str | None], secrets: dict[str, str | None]) -> Deployment | None:
     """Apply the changes (None deletes) and, if the app has a live deployment, queue a release
@@ -93,10 +81,7 @@ def config_patch(*, app: App, plain: dict[str, str | None], secrets: dict[str, s
     if ConfigVar.objects.filter(app=app).count() > MAX_VARS_PER_APP:
         raise Unprocessable("config.too_many", f"An app may have at most {MAX_VARS_PER_APP} config vars.")
     if changed:
-        logger.info(
-            "config changed",
-            extra={"tenant_id": str(app.tenant.public_id), "app_id": str(app.public_id), "keys": sorted(changed)},
-        )
+        logger.info("config changed", extra={"keys": sorted(changed)})
     return release_current(app) if changed else None
 
 
@@ -122,45 +107,3 @@ def _apply(app: App, changes: dict[str, str | None], *, secret: bool) -> set[str
         changed.add(key)
     ConfigVar.objects.bulk_create(to_create)
     return changed
-
-
-def release_current(app: App) -> Deployment | None:
-    """Make the new config take effect with zero downtime, without undoing a deploy in flight.
-
-    A deploy that has not started its containers yet reads the config when it does, so it is
-    the answer. One that is starting may have read the old config: release its (built) image
-    again; newest intent wins, so the release replaces it. Otherwise re-release the live image.
-    """
-    from platform_apps.deployments import deployment_create_release
-
-    in_flight: Deployment | None = (
-        Deployment.objects.filter(app=app, state__in=Deployment.ACTIVE_STATES).order_by("-number").first()
-    )
-    if in_flight is not None and in_flight.state in (Deployment.State.QUEUED, Deployment.State.BUILDING):
-        return in_flight
-    if in_flight is not None and in_flight.image_ref:
-        return deployment_create_release(app=app, source=in_flight)
-    live = Deployment.objects.filter(pk=app.live_deployment_id).first() if app.live_deployment_id else None
-    if live is None:
-        return None
-    return deployment_create_release(app=app, source=live)
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    plain: dict[str, str] = field(default_factory=dict)
-    secrets: dict[str, str] = field(default_factory=dict)
-
-
-def resolve_for_runtime(app: App) -> RuntimeConfig:
-    """Decrypted config for a container start, including the add-on's DATABASE_URL as a secret."""
-    plain: dict[str, str] = {}
-    secrets: dict[str, str] = {}
-    for var in ConfigVar.objects.filter(app=app):
-        (secrets if var.secret else plain)[var.key] = crypto.decrypt(var.value_encrypted)
-    addon = Addon.objects.filter(app=app, state=Addon.State.READY).first()
-    if addon is not None:
-        from provisioning.addons import database_url
-
-        secrets["DATABASE_URL"] = database_url(addon)
-    return RuntimeConfig(plain=plain, secrets=secrets)

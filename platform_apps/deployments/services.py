@@ -23,22 +23,17 @@ from core.errors import Unprocessable
 from core.faults import DeployError
 from core.faults import SourceRejected
 from core.faults import UserError
+from core.queue import enqueue_on_commit
+from drivers import git
 from drivers.archive import check_upload_size
 from drivers.archive import extract_source
+from platform_apps.deployments.schemas import SourceDeployIn
 from platform_apps.models import App
 from platform_apps.models import Deployment
-from platform_apps.schemas import SourceDeployIn
 
 logger = logging.getLogger(__name__)
 
 SOURCE_DIR = "src"
-
-
-def _enqueue(deployment: Deployment) -> None:
-    from provisioning import tasks
-
-    deployment_id = str(deployment.public_id)
-    transaction.on_commit(lambda: tasks.deployment_run.delay(deployment_id))
 
 
 def _next_number(app: App) -> int:
@@ -51,12 +46,10 @@ def _ensure_deployable(app: App) -> None:
         raise Conflict("app.deleting", "This app is being deleted.")
 
 
-def _log_created(deployment: Deployment, app: App) -> None:
+def _log_created(deployment: Deployment) -> None:
     logger.info(
         "deployment queued",
         extra={
-            "tenant_id": str(app.tenant.public_id),
-            "app_id": str(app.public_id),
             "deployment_id": str(deployment.public_id),
             "number": deployment.number,
             "source": deployment.source_kind,
@@ -68,8 +61,8 @@ def _log_created(deployment: Deployment, app: App) -> None:
 def _insert(app: App, **fields: object) -> Deployment:
     # IMMEDIATE transactions on SQLite make max+1 safe; the unique constraint backs it elsewhere.
     deployment = Deployment.objects.create(app=app, number=_next_number(app), **fields)
-    _enqueue(deployment)
-    _log_created(deployment, app)
+    enqueue_on_commit("coltsfoot.deployment_run", str(deployment.public_id))
+    _log_created(deployment)
     return deployment
 
 
@@ -98,7 +91,7 @@ def deployment_create_from_archive(*, app: App, upload: UploadedFile[bytes]) -> 
         raise ApiError(exc.code, exc.message, status=exc.http_status) from exc
     except DeployError as exc:
         shutil.rmtree(build_dir, ignore_errors=True)
-        logger.warning("source intake failed", extra={"app_id": str(app.public_id), "code": exc.code})
+        logger.warning("source intake failed", extra={"code": exc.code})
         raise ApiError(exc.code, exc.message, status=503) from exc
     except BaseException:
         shutil.rmtree(build_dir, ignore_errors=True)
@@ -127,13 +120,26 @@ def deployment_create_from_payload(*, app: App, payload: SourceDeployIn) -> Depl
     git = payload.git
     if git is None:  # the schema already refuses a body with neither
         raise Unprocessable("request.invalid", "Give exactly one of `image` or `git`.")
-    from provisioning.pipeline import git_validate
-
     try:
         url = git_validate(git.url, git.ref)
     except UserError as exc:
         raise Unprocessable(exc.code, exc.message) from exc
     return _insert(app, source_kind=Deployment.SourceKind.GIT, source_url=url, source_ref=git.ref)
+
+
+def git_validate(url: str, ref: str) -> str:
+    """Check a git URL and ref against the platform's allow-list; returns the URL to clone. The
+    workflow checks again right before cloning, so DNS cannot change the answer in between."""
+    try:
+        git.validate_git_ref(ref)
+        return git.validate_git_url(
+            url,
+            allowed_schemes=tuple(settings.GIT_ALLOWED_SCHEMES),
+            allowed_hosts=tuple(settings.GIT_ALLOWED_HOSTS),
+            allow_local=bool(settings.GIT_ALLOW_LOCAL),
+        )
+    except (git.GitUrlRejected, git.GitRefRejected) as exc:
+        raise UserError(exc.code, exc.message) from exc
 
 
 def deployment_create_rollback(*, app: App, target: Deployment) -> Deployment:
@@ -152,6 +158,27 @@ def deployment_create_release(*, app: App, source: Deployment) -> Deployment:
     """Re-release `source`'s image (config change, scaling, add-on attached or removed)."""
     _ensure_deployable(app)
     return _insert_reusing_image(app, source, Deployment.SourceKind.RELEASE)
+
+
+def release_current(app: App) -> Deployment | None:
+    """Make a change of config, size or add-ons take effect with zero downtime, without undoing
+    a deploy in flight. Returns the deployment that will carry it, or None (nothing deployed yet).
+
+    A deploy that has not started its containers yet reads the config when it does, so it is
+    the answer. One that is starting may have read the old config: release its (built) image
+    again; newest intent wins, so the release replaces it. Otherwise re-release the live image.
+    """
+    in_flight: Deployment | None = (
+        Deployment.objects.filter(app=app, state__in=Deployment.ACTIVE_STATES).order_by("-number").first()
+    )
+    if in_flight is not None and in_flight.state in (Deployment.State.QUEUED, Deployment.State.BUILDING):
+        return in_flight
+    if in_flight is not None and in_flight.image_ref:
+        return deployment_create_release(app=app, source=in_flight)
+    live = Deployment.objects.filter(pk=app.live_deployment_id).first() if app.live_deployment_id else None
+    if live is None:
+        return None
+    return deployment_create_release(app=app, source=live)
 
 
 def _insert_reusing_image(app: App, source: Deployment, kind: str) -> Deployment:

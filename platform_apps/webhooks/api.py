@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 import time
 import uuid
 
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import IntegrityError
-from django.db import transaction
 from django.http import HttpRequest
 from django.http import HttpResponse
 from ninja import Router
@@ -22,41 +19,36 @@ from core import crypto
 from core.errors import ApiError
 from core.errors import Forbidden
 from core.errors import error_response
+from core.errors import error_responses
 from core.errors import invalid_request
 from core.ratelimit import hit
-from platform_apps import deployments
-from platform_apps import selectors
-from platform_apps import webhooks
+from platform_apps.access import app_for
+from platform_apps.access import bind_app
+from platform_apps.deployments import services as deployments
+from platform_apps.deployments.schemas import DeploymentOut
+from platform_apps.deployments.schemas import SourceDeployIn
 from platform_apps.models import App
 from platform_apps.models import Deployment
-from platform_apps.models import WebhookDelivery
-from platform_apps.schemas import DeploymentOut
-from platform_apps.schemas import ErrorOut
-from platform_apps.schemas import SourceDeployIn
-from platform_apps.schemas import WebhookSecretOut
-from tenants.auth import request_token
-from tenants.auth import require_scope
+from platform_apps.webhooks import services
+from platform_apps.webhooks import signatures
+from platform_apps.webhooks.schemas import WebhookSecretOut
 
 logger = logging.getLogger(__name__)
 
 router = Router(tags=["webhooks"])
 
-ERRORS: dict[int, type[ErrorOut]] = dict.fromkeys((400, 401, 403, 404, 409, 413, 415, 422, 429), ErrorOut)
+ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429)
 
 
 @router.post(
     "/apps/{app_id}/webhook-secret",
     response={200: WebhookSecretOut, **ERRORS},
     summary="Create or rotate the app's webhook secret (shown only in this response)",
+    operation_id="platform_apps_webhooks_api_webhook_secret_rotate",
 )
 def webhook_secret_rotate(request: HttpRequest, app_id: uuid.UUID) -> dict[str, str]:
-    token = request_token(request)
-    app = selectors.app_get(token=token, app_id=app_id)
-    require_scope(token, "apps:write")
-    secret = "whsec_" + secrets.token_urlsafe(32)
-    App.objects.filter(pk=app.pk).update(webhook_secret_encrypted=crypto.encrypt(secret))
-    logger.info("webhook secret rotated", extra={"tenant_id": str(app.tenant.public_id), "app_id": str(app.public_id)})
-    return {"secret": secret, "webhook_url": app.webhook_url}
+    app = app_for(request, app_id, scope="apps:write")
+    return {"secret": services.webhook_secret_rotate(app=app), "webhook_url": app.webhook_url}
 
 
 def _too_many(retry_after: int) -> HttpResponse:
@@ -100,11 +92,14 @@ def _create_from_body(app: App, request: HttpRequest, body: bytes) -> Deployment
     auth=None,
     response={200: DeploymentOut, 202: DeploymentOut, 204: None, **ERRORS},
     summary="Deploy from CI: signed with the app's webhook secret (generic or GitHub-compatible)",
+    operation_id="platform_apps_webhooks_api_webhook_deploy",
 )
 def webhook_deploy(request: HttpRequest, app_id: uuid.UUID) -> Status[Deployment | None] | HttpResponse:
     app: App | None = App.objects.select_related("tenant").filter(public_id=app_id).first()
     if app is None or not app.webhook_secret_encrypted:
         raise _unauthorized()
+    # No token here: the app (found by its id, authenticated below by the signature) binds the context.
+    bind_app(app)
     # Refused calls have a bucket of their own: anyone who knows the URL can send garbage, and
     # that must not use up the budget of the CI pipeline holding the real secret.
     retry_after = hit(
@@ -115,70 +110,58 @@ def webhook_deploy(request: HttpRequest, app_id: uuid.UUID) -> Status[Deployment
     body = _read_body(request)
     secret = crypto.decrypt(app.webhook_secret_encrypted).encode()
     headers = request.headers
-    github: webhooks.GithubDelivery | None = None
+    github: signatures.GithubDelivery | None = None
     try:
-        if webhooks.GITHUB_SIGNATURE_HEADER in headers:
-            github = webhooks.verify_github(secret, headers, body)
+        if signatures.GITHUB_SIGNATURE_HEADER in headers:
+            github = signatures.verify_github(secret, headers, body)
             delivery_id = github.delivery_id
-            signature = headers[webhooks.GITHUB_SIGNATURE_HEADER]
+            signature = headers[signatures.GITHUB_SIGNATURE_HEADER]
         else:
-            delivery_id = webhooks.verify_generic(
+            delivery_id = signatures.verify_generic(
                 secret, headers, body, now=time.time(), tolerance=int(settings.WEBHOOK_TOLERANCE_SECONDS)
             )
-            signature = headers[webhooks.SIGNATURE_HEADER]
-    except webhooks.WebhookRejected as exc:
-        logger.info("webhook refused", extra={"app_id": str(app.public_id), "reason": exc.reason})
+            signature = headers[signatures.SIGNATURE_HEADER]
+    except signatures.WebhookRejected as exc:
+        logger.info("webhook refused", extra={"reason": exc.reason})
         hit(f"webhook-refused:{app.public_id}", limit=10 * int(settings.WEBHOOK_RATE_LIMIT_PER_MINUTE))
         raise _unauthorized() from exc
     retry_after = hit(f"webhook:{app.public_id}", limit=int(settings.WEBHOOK_RATE_LIMIT_PER_MINUTE))
     if retry_after is not None:
         return _too_many(retry_after)
-    context = {"tenant_id": str(app.tenant.public_id), "app_id": str(app.public_id), "delivery_id": delivery_id}
+    context = {"delivery_id": delivery_id}
     if not app.tenant.is_active:
         raise Forbidden("tenant.suspended", "This tenant is suspended.")
     digest = hashlib.sha256(signature.strip().lower().encode()).hexdigest()
-    # Claim the delivery before doing anything, so a duplicate arriving at the same time finds it.
-    try:
-        with transaction.atomic():
-            claim = WebhookDelivery.objects.create(app=app, delivery_id=delivery_id, signature_digest=digest)
-    except IntegrityError:
-        return _replay(app, delivery_id, digest, context)
+    claim = services.delivery_claim(app=app, delivery_id=delivery_id, signature_digest=digest)
+    if claim is None:
+        # Seen before: answer with what the first one did, create nothing.
+        logger.info("webhook delivery replayed", extra=context)
+        previous = services.delivery_previous(app=app, delivery_id=delivery_id, signature_digest=digest)
+        return Status(204, None) if previous is None else Status(200, previous)
     try:
         deployment = _deployment_for(app, request, body, github, context)
     except BaseException:
-        claim.delete()  # nothing was created: the sender may retry the same delivery
+        services.delivery_release(claim=claim)
         raise
     if deployment is None:
         return Status(204, None)
-    WebhookDelivery.objects.filter(pk=claim.pk).update(deployment=deployment)
+    services.delivery_attach(claim=claim, deployment=deployment)
     logger.info("webhook deploy accepted", extra={**context, "deployment_id": str(deployment.public_id)})
     return Status(202, Deployment.objects.select_related("app", "source_deployment").get(pk=deployment.pk))
-
-
-def _replay(app: App, delivery_id: str, digest: str, context: dict[str, str]) -> Status[Deployment | None]:
-    """A delivery id or signature seen before: answer with what the first one did, create nothing."""
-    seen: WebhookDelivery | None = (
-        WebhookDelivery.objects.filter(app=app, delivery_id=delivery_id).first()
-        or WebhookDelivery.objects.filter(app=app, signature_digest=digest).first()
-    )
-    logger.info("webhook delivery replayed", extra=context)
-    if seen is None or seen.deployment_id is None:
-        return Status(204, None)
-    return Status(200, Deployment.objects.select_related("app", "source_deployment").get(pk=seen.deployment_id))
 
 
 def _deployment_for(
     app: App,
     request: HttpRequest,
     body: bytes,
-    github: webhooks.GithubDelivery | None,
+    github: signatures.GithubDelivery | None,
     context: dict[str, str],
 ) -> Deployment | None:
     if github is None:
         return _create_from_body(app, request, body)
     try:
-        source = webhooks.parse_github_push(body, app.deploy_branch, event=github.event)
-    except webhooks.WebhookError as exc:
+        source = signatures.parse_github_push(body, app.deploy_branch, event=github.event)
+    except signatures.WebhookError as exc:
         raise ApiError(exc.code, exc.message, status=exc.status) from exc
     if source is None:
         logger.info("webhook ignored", extra={**context, "event": github.event})

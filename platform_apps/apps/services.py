@@ -1,4 +1,4 @@
-"""Writes to apps. Views call these; side effects are queued with transaction.on_commit."""
+"""Writes to apps. Views call these; the teardown is queued on commit for the workflow."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from django.db import transaction
 
 from core.errors import Conflict
 from core.errors import Unprocessable
+from core.queue import enqueue_on_commit
+from platform_apps.deployments.services import release_current
 from platform_apps.models import App
 from tenants.models import Tenant
 
@@ -60,7 +62,7 @@ def app_create(*, tenant: Tenant, name: str, replicas: int, memory_mb: int, cpus
             )
     except IntegrityError as exc:  # a concurrent create on a platform DB without IMMEDIATE
         raise Conflict("app.name_taken", f"An app named {name!r} already exists.") from exc
-    logger.info("app created", extra={"tenant_id": str(tenant.public_id), "app_id": str(app.public_id)})
+    logger.info("app created", extra={"app_id": str(app.public_id)})
     return app
 
 
@@ -79,13 +81,8 @@ def app_update(*, app: App, changes: dict[str, Any]) -> App:
         fields.append("cpus")
     if fields:
         app.save(update_fields=[*fields, "updated_at"])
-        logger.info(
-            "app updated",
-            extra={"tenant_id": str(app.tenant.public_id), "app_id": str(app.public_id), "fields": fields},
-        )
+        logger.info("app updated", extra={"fields": fields})
     if {"replicas", "memory_mb", "cpus"} & set(fields):
-        from platform_apps.config_vars import release_current
-
         # Scaling takes effect now: the live image is released again with the new size.
         release_current(app)
     return app
@@ -94,14 +91,11 @@ def app_update(*, app: App, changes: dict[str, Any]) -> App:
 @transaction.atomic
 def app_delete(*, app: App) -> App:
     """Mark the app for deletion and queue the teardown of its containers, route and add-ons."""
-    from provisioning import tasks
-
     updated = App.objects.filter(pk=app.pk, state=App.State.ACTIVE).update(state=App.State.DELETING)
     app.state = App.State.DELETING
-    app_id = str(app.public_id)
     if updated:
-        logger.info("app deletion requested", extra={"tenant_id": str(app.tenant.public_id), "app_id": app_id})
+        logger.info("app deletion requested")
     # Re-enqueue even when already deleting: the teardown is idempotent, and a lost task must
     # not leave the app stuck in "deleting" forever.
-    transaction.on_commit(lambda: tasks.app_teardown.delay(app_id))
+    enqueue_on_commit("coltsfoot.app_teardown", str(app.public_id))
     return app

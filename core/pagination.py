@@ -1,0 +1,46 @@
+"""List endpoints: `limit` (1-100, default 20) and `offset`, answered as `{"items": [...], "count": N}`.
+
+A list view returns its queryset and is decorated with `@paginated`; Ninja's limit/offset
+pagination slices and counts it and documents the parameters and the paged schema.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ninja import Field
+from ninja import Schema
+from ninja.pagination import LimitOffsetPagination
+from ninja.pagination import paginate
+
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 20
+MAX_OFFSET = 1_000_000
+
+
+class Page(Schema):
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+
+
+class Pagination(LimitOffsetPagination):
+    """Ninja's limit/offset pagination with the API's bounds: a limit outside 1-100 or an offset
+    outside 0-1,000,000 is a 422, not silently clamped."""
+
+    Input = Page  # type: ignore[assignment]  # a named schema, so OpenAPI calls it Page as before
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_limit=MAX_LIMIT, **kwargs)
+
+
+def paginated[View: Callable[..., Any]](view: View) -> View:
+    """`@paginate(Pagination)`, for views in modules with `from __future__ import annotations`.
+
+    Ninja reads the view's parameters through the wrapper `paginate` returns and resolves string
+    annotations in the *wrapper's* module (ninja.pagination), where `uuid` and the like are not
+    defined; giving the wrapper the view's already-resolved signature avoids that."""
+    wrapper: View = paginate(Pagination)(view)
+    wrapper.__signature__ = inspect.signature(view, eval_str=True)  # type: ignore[attr-defined]
+    return wrapper

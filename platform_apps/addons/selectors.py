@@ -1,0 +1,14 @@
+"""Reads of an app's add-on (the app itself comes from `access.app_for`)."""
+
+from __future__ import annotations
+
+from core.errors import NotFound
+from platform_apps.models import Addon
+from platform_apps.models import App
+
+
+def addon_get(*, app: App) -> Addon:
+    addon: Addon | None = Addon.objects.select_related("app").filter(app=app).first()
+    if addon is None:
+        raise NotFound("add-on")
+    return addon

@@ -1,0 +1,1 @@
+"""Config vars and secrets of an app: validation, encrypted storage, and the release that applies them."""

@@ -1,0 +1,1 @@
+"""Deployments: intake of sources (archive, git, image), rollbacks and releases; reads."""

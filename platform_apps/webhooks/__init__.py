@@ -1,0 +1,1 @@
+"""CI webhooks: signature verification, delivery deduplication, the secret's rotation."""
