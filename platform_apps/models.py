@@ -63,6 +63,38 @@ class App(auto_prefetch.Model):
     def webhook_url(self) -> str:
         return f"{settings.API_PUBLIC_URL}/api/v1/hooks/apps/{self.public_id}/deploy"
 
+    @property
+    def status(self) -> str:
+        """What a tenant wants to know first: `deploying` while a deployment is in flight, else
+        `stopped` (nothing live), `running` (every replica serves), `degraded` (some do) or
+        `crashed` (none does). Lists annotate the counts (`with_status`); a single app without
+        them costs two small queries."""
+        deploying = getattr(self, "status_deploying", None)
+        if deploying is None:
+            deploying = Deployment.objects.filter(app=self, state__in=Deployment.ACTIVE_STATES).exists()
+        if deploying:
+            return AppStatus.DEPLOYING
+        if self.live_deployment_id is None:
+            return AppStatus.STOPPED
+        total = getattr(self, "status_replicas", None)
+        running = getattr(self, "status_running", None)
+        if total is None or running is None:
+            states = list(Replica.objects.filter(deployment_id=self.live_deployment_id).values_list("state", flat=True))
+            total, running = len(states), states.count(Replica.State.RUNNING)
+        if total == 0:
+            return AppStatus.STOPPED
+        if running == total:
+            return AppStatus.RUNNING
+        return AppStatus.DEGRADED if running else AppStatus.CRASHED
+
+
+class AppStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    DEGRADED = "degraded", "Degraded"
+    CRASHED = "crashed", "Crashed"
+    STOPPED = "stopped", "Stopped"
+    DEPLOYING = "deploying", "Deploying"
+
 
 class Deployment(auto_prefetch.Model):
     class State(models.TextChoices):

@@ -18,7 +18,9 @@ from platform_apps.apps import services
 from platform_apps.apps.schemas import AppCreateIn
 from platform_apps.apps.schemas import AppOut
 from platform_apps.apps.schemas import AppPatchIn
+from platform_apps.apps.schemas import ReplicaOut
 from platform_apps.models import App
+from platform_apps.models import Replica
 from tenants.auth import caller
 
 router = Router(tags=["apps"])
@@ -40,7 +42,7 @@ def app_create(request: HttpRequest, payload: AppCreateIn) -> Status[App]:
 )
 @paginated
 def app_list(request: HttpRequest) -> QuerySet[App]:
-    return visible_apps(token=caller(request, scope="apps:read"))
+    return selectors.with_status(visible_apps(token=caller(request, scope="apps:read")))
 
 
 @router.get(
@@ -70,3 +72,16 @@ def app_patch(request: HttpRequest, app_id: uuid.UUID, payload: AppPatchIn) -> A
 def app_delete(request: HttpRequest, app_id: uuid.UUID) -> Status[App]:
     app = app_for(request, app_id, scope="apps:write")
     return Status(202, services.app_delete(app=app))
+
+
+@router.get(
+    "/apps/{app_id}/replicas",
+    response={200: list[ReplicaOut], **ERRORS},
+    summary="List the replicas of the app's live deployment",
+    operation_id="platform_apps_api_replica_list",
+)
+@paginated
+def replica_list(request: HttpRequest, app_id: uuid.UUID) -> QuerySet[Replica]:
+    """Each replica's state as the reconciler last observed it: `running`, `starting`, `crashed`
+    (waiting out its restart backoff) or `restarting`, with its restarts and why it last exited."""
+    return selectors.replica_list(app=app_for(request, app_id, scope="apps:read"))

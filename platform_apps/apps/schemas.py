@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 from typing import Any
+from typing import Literal
 from typing import cast
 
 from ninja import Schema
@@ -51,6 +52,10 @@ class AppOut(Schema):
     cpus: float
     deploy_branch: str
     live_deployment_id: uuid.UUID | None
+    status: Literal["running", "degraded", "crashed", "stopped", "deploying"] = Field(
+        description="deploying: a deployment is in flight; stopped: nothing is live; running: every replica "
+        "serves; degraded: some do; crashed: none does (the platform is restarting them)."
+    )
     webhook_url: str
     has_webhook_secret: bool
     created_at: datetime
@@ -71,3 +76,35 @@ class AppOut(Schema):
     @staticmethod
     def resolve_has_webhook_secret(obj: Any) -> bool:
         return bool(obj.webhook_secret_encrypted)
+
+
+class ReplicaOut(Schema):
+    """One replica of the app's live deployment."""
+
+    index: int = Field(description="1 for web.1, 2 for web.2, ...")
+    name: str = Field(description="The process name in the app's logs, e.g. web.1.")
+    deployment_id: uuid.UUID
+    state: Literal["starting", "running", "crashed", "restarting"]
+    restarts: int = Field(description="How often the platform replaced it since the deployment started it.")
+    last_exit_code: int | None
+    last_exit_reason: str | None = Field(
+        description="Why it last stopped: exited, killed, oom_killed, unhealthy, vanished, start_failed."
+    )
+    started_at: datetime | None
+    next_restart_at: datetime | None = Field(description="While crashed: when the platform restarts it.")
+
+    @staticmethod
+    def resolve_index(obj: Any) -> int:
+        return int(obj.index) + 1
+
+    @staticmethod
+    def resolve_name(obj: Any) -> str:
+        return f"web.{int(obj.index) + 1}"
+
+    @staticmethod
+    def resolve_deployment_id(obj: Any) -> uuid.UUID:
+        return cast(uuid.UUID, obj.deployment.public_id)
+
+    @staticmethod
+    def resolve_last_exit_reason(obj: Any) -> str | None:
+        return str(obj.last_exit_reason) or None
