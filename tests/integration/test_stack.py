@@ -1,6 +1,7 @@
 """`make up` as a user runs it (`python -m devstack up|status|down`, detached), on a fresh temp state dir and free
 ports: the first `up` brings everything up and deploys the demo, a second `up` right after it is harmless (the
-same processes, the demo still answers), and `down` leaves nothing running."""
+same processes, the demo still answers), and `down` leaves nothing running. And the isolated stack the chaos
+tests get: one service stopped, killed and started again where it was."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from devstack.local import LocalConfig
 from devstack.local import LocalStack
@@ -24,8 +27,10 @@ from devstack.process import pid_alive
 from devstack.services import DEFAULT_BASE_IMAGE
 from devstack.services import INSTANCE_LABEL
 from devstack.services import REPO_ROOT
+from devstack.services import RedisServer
 from devstack.services import podman_cleanup
 from devstack.services import podman_running_containers
+from devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +148,44 @@ def test_make_up_twice_is_harmless_and_down_stops_everything(state_env: dict[str
     assert podman_running_containers(instance, dict(state_env)) == []
     status = devstack(state_env, "status")
     assert all(re.search(rf"^{name} +stopped ", status, re.MULTILINE) for name in SERVICES), status
+
+
+def test_isolated_stack_services_come_back_where_they_were(isolated_stack: Stack):
+    """The controls the chaos tests rely on: one service stopped, killed and started again on the same port and
+    data, and the whole stack down (containers removed) and up again on the same state."""
+    platform = isolated_stack.require_platform()
+    tenant = platform.create_tenant(f"chaos{uuid.uuid4().hex[:8]}")
+    client = platform.client(tenant["token"])
+    redis_service = isolated_stack.service("redis")
+    assert isinstance(redis_service, RedisServer)
+    store = redis.Redis.from_url(redis_service.url)
+    try:
+        store.set("chaos-marker", "kept")
+        isolated_stack.stop_service("redis")  # SIGTERM: Redis saves its dump first
+        with pytest.raises(redis.ConnectionError):
+            store.ping()
+        isolated_stack.start_service("redis")
+        assert store.get("chaos-marker") == b"kept"
+    finally:
+        store.close()
+
+    api_pid = isolated_stack.service("api").pid
+    isolated_stack.kill_service("api")
+    assert api_pid is not None
+    assert not pid_alive(api_pid)
+    with pytest.raises(httpx.HTTPError):
+        client.get("/apps")
+    isolated_stack.start_service("api")
+    assert client.get("/apps").status_code == 200
+
+    isolated_stack.kill_service("worker")
+    isolated_stack.start_service("worker")
+    assert isolated_stack.service("worker").process.running
+
+    isolated_stack.down(containers="remove")
+    assert all(not service.process.running for service in isolated_stack.leaves())
+    isolated_stack.up()
+    assert all(service.process.running for service in isolated_stack.leaves())
+    # Same platform DB (the token still works), same ports.
+    assert client.get("/apps").status_code == 200
+    assert client.get("/ready").status_code == 200

@@ -73,7 +73,7 @@ def servers(tmp_path: Path):
     made: list[FakeServer] = []
 
     def make(script: str, **kwargs: float) -> FakeServer:
-        server = FakeServer(tmp_path, script, port=free_port(), **kwargs)  # type: ignore[arg-type]
+        server = FakeServer(tmp_path, script, port=free_port(), **kwargs)
         made.append(server)
         return server
 
@@ -133,7 +133,7 @@ def test_failed_probes_and_unreadable_cmdlines_do_not_kill_a_live_start(servers)
             return None if server.probes > 6 else "connection reset"
         return "connection refused"
 
-    server.probe = flaky_probe  # type: ignore[method-assign]
+    server.probe = flaky_probe
     with mock.patch.object(process_module, "read_cmdline", autospec=True, return_value=None):
         server.start()
 
@@ -151,7 +151,7 @@ def test_a_second_up_adopts_the_running_process_instead_of_starting_another(serv
     assert second.pid == pid
 
     second.stop()
-    assert not pid_alive(pid)  # type: ignore[arg-type]
+    assert not pid_alive(pid)
     assert not second.pid_path.exists()
     third = FakeServer(tmp_path, SLOW_SERVER, port=first.port)
     assert third.adopt() is False
@@ -193,7 +193,7 @@ def test_port_taken_sees_a_listener():
 def test_a_start_on_a_taken_port_names_the_variable_that_moves_it(servers):
     server = servers(SLOW_SERVER)
     server.port_variable = "COLTSFOOT_FAKE_PORT"
-    server.listens = lambda: [("127.0.0.1", server.port)]  # type: ignore[method-assign]
+    server.listens = lambda: [("127.0.0.1", server.port)]
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", server.port))
         listener.listen()

@@ -15,14 +15,15 @@ KNOWN_VERIFIER = (
 )
 
 
-def config(tmp_path: Path, **overrides: int) -> pgbouncer.PgBouncerConfig:
+def config(tmp_path: Path, *, statement_timeout_ms: int = 30_000, idle_tx_timeout_ms: int = 60_000):
     return pgbouncer.PgBouncerConfig(
         listen_addr="0.0.0.0",  # noqa: S104
         listen_port=6433,
         server_host="127.0.0.1",
         server_port=5433,
         auth_file=tmp_path / "userlist.txt",
-        **overrides,
+        statement_timeout_ms=statement_timeout_ms,
+        idle_tx_timeout_ms=idle_tx_timeout_ms,
     )
 
 
