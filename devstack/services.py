@@ -196,6 +196,9 @@ class ProcessService(Service):
     def ready_description(self) -> str:
         return self.ready_what
 
+    def port_variable_for(self, port: int) -> str:
+        return self.port_variable
+
     # --- lifecycle -------------------------------------------------------------------------------------
 
     @property
@@ -234,7 +237,8 @@ class ProcessService(Service):
         self.prepare()
         for host, port in self.listens():
             if port_taken(host, port):
-                hint = f"; free it or set {self.port_variable}" if self.port_variable else ""
+                variable = self.port_variable_for(port)
+                hint = f"; free it or set {variable}" if variable else ""
                 raise ServiceError(
                     f"{self.name}: {host}:{port} is already taken by a process this stack did not start{hint}"
                 )
@@ -310,7 +314,6 @@ class CaddyServer(ProcessService):
     name = "caddy"
     marker = ("caddy", "run")
     ready_what = "admin API"
-    port_variable = "COLTSFOOT_CADDY_ADMIN_URL / COLTSFOOT_EDGE_LISTEN"
 
     def __init__(
         self,
@@ -351,6 +354,9 @@ class CaddyServer(ProcessService):
 
     def markers(self) -> tuple[str, ...]:
         return (*self.marker, str(self.config_path))
+
+    def port_variable_for(self, port: int) -> str:
+        return "COLTSFOOT_CADDY_ADMIN_URL" if port == self.admin_port else "COLTSFOOT_EDGE_LISTEN"
 
     def env(self) -> dict[str, str]:
         # Caddy keeps its storage under $XDG_DATA_HOME/caddy and its autosave under $XDG_CONFIG_HOME/caddy:
