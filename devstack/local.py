@@ -556,19 +556,11 @@ class Demo:
                 say("    a deployment is already under way; waiting for it")
                 deployment_id = str(active)
             elif live:
-                code = self.edge_status()
-                if code == 200:
-                    say(f"    app {DEMO_APP}: live, answering through the edge")
-                    return
-                # Live in the platform DB but not answering: `down` stopped its containers, or Caddy restarted
-                # empty (its config is not persisted). A rollback to the live deployment starts it again from
-                # the same image, without a build.
-                say(
-                    f"    app {DEMO_APP}: live deployment not answering (edge said {code or 'nothing'}); "
-                    "starting it again from its image"
-                )
-                rollback = self.api("POST", f"/apps/{app_id}/rollback", expect=202, json={"deployment_id": live})
-                deployment_id = str(rollback["id"])
+                # Live in the platform DB: the reconciler brings it back by itself after a `down` (its
+                # containers are gone) or a Caddy restart (its routes are gone), from the same image.
+                if self.edge_status() != 200:
+                    say(f"    app {DEMO_APP}: live; waiting for the reconciler to start it again")
+                break
             else:
                 deployment_id = self.deploy_source()
             if self.deployment_wait(deployment_id, deadline):

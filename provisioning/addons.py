@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
-
-from django.conf import settings
-from django.utils import timezone
 
 from core import crypto
 from drivers import postgres
@@ -40,20 +36,6 @@ def addon_teardown_for_app(app: App) -> None:
         return
     deprovision(addon)
     addon.delete()
-
-
-def addons_requeue_stalled() -> int:
-    from provisioning import tasks
-
-    stale = timezone.now() - timedelta(seconds=settings.LEASE_SECONDS)
-    count = 0
-    for addon in Addon.objects.filter(updated_at__lt=stale).exclude(state__in=[Addon.State.READY, Addon.State.FAILED]):
-        if addon.state == Addon.State.PROVISIONING:
-            tasks.addon_provision.delay(str(addon.public_id))
-        else:
-            tasks.addon_deprovision.delay(str(addon.public_id))
-        count += 1
-    return count
 
 
 def addons_repair_auth() -> int:

@@ -321,6 +321,16 @@ def app_teardown(self: PlatformTask, app_id: str) -> None:
 RECONCILE_LEASE = "reconcile"
 
 
+def _addons_requeue_stalled(stale: datetime) -> int:
+    """Add-ons whose task has not touched them for a lease: queue that task again."""
+    count = 0
+    for addon in Addon.objects.filter(updated_at__lt=stale).exclude(state__in=[Addon.State.READY, Addon.State.FAILED]):
+        task = addon_provision if addon.state == Addon.State.PROVISIONING else addon_deprovision
+        task.delay(str(addon.public_id))
+        count += 1
+    return count
+
+
 def requeue_work(now: datetime | None = None) -> dict[str, int]:
     """Queue again whatever work has no live task: deployments whose worker died (stale lease)
     or whose message never reached a worker (queued and unclaimed for OUTBOX_SECONDS, e.g. the
@@ -354,7 +364,7 @@ def requeue_work(now: datetime | None = None) -> dict[str, int]:
     )
     for deployment in leftovers:
         pipeline.remove_containers(deployment, graceful=deployment.state == State.SUPERSEDED)
-    addon_count = addons.addons_requeue_stalled()
+    addon_count = _addons_requeue_stalled(stale)
     auth_repaired = addons.addons_repair_auth()
     purged = purge_expired()
     return {
