@@ -49,6 +49,12 @@ def bind(
             var.set(str(value))
 
 
+def unbind() -> None:
+    """Forget every bound id (a worker process runs one task after another)."""
+    for var in _CONTEXT.values():
+        var.set(None)
+
+
 class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         for attribute, var in _CONTEXT.items():

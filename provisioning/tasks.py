@@ -31,6 +31,9 @@ from caddy.client import CaddyClient
 from core.faults import DeployError
 from core.faults import PlatformError
 from core.faults import is_transient
+from core.logging import bind
+from core.logging import request_id_var
+from core.logging import unbind
 from drivers import podman
 from platform_apps.deployments.services import release_current
 from platform_apps.idempotency import purge_expired
@@ -74,6 +77,15 @@ class PlatformTask(_TaskBase):
     once and the task decides what failing means for its row."""
 
     max_retries = MAX_RETRIES
+
+    def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # Each task binds the ids it works on once it has loaded its row (see `_load`), so its log
+        # lines carry them; nothing bound by the previous task in this process may leak into it.
+        unbind()
+        request_id_var.set(f"task-{task_id}")
+
+    def after_return(self, *args: Any, **kwargs: Any) -> None:
+        unbind()
 
     def retry_delay(self, exc: BaseException) -> float | None:
         """The countdown of the retry `exc` deserves, or None when it should fail for good."""
@@ -172,6 +184,8 @@ def _load(deployment_id: uuid.UUID) -> Deployment | None:
     deployment: Deployment | None = (
         Deployment.objects.select_related("app", "app__tenant").filter(public_id=deployment_id).first()
     )
+    if deployment is not None:
+        bind(tenant_id=deployment.app.tenant.public_id, app_id=deployment.app.public_id, deployment_id=deployment_id)
     return deployment
 
 
@@ -292,6 +306,7 @@ def app_teardown(self: PlatformTask, app_id: str) -> None:
     app: App | None = App.objects.select_related("tenant").filter(public_id=uuid.UUID(app_id)).first()
     if app is None or app.state != App.State.DELETING:
         return
+    bind(tenant_id=app.tenant.public_id, app_id=app.public_id)
     context = {"tenant_id": str(app.tenant.public_id), "app_id": app_id}
     fresh = timezone.now() - timedelta(seconds=settings.LEASE_SECONDS)
     busy = Deployment.objects.filter(app=app, state__in=Deployment.ACTIVE_STATES, heartbeat_at__gte=fresh)
@@ -408,6 +423,8 @@ def _reconcile_on_start(**_: Any) -> None:
 
 def _load_addon(addon_id: str) -> Addon | None:
     addon: Addon | None = Addon.objects.select_related("app", "app__tenant").filter(public_id=addon_id).first()
+    if addon is not None:
+        bind(tenant_id=addon.app.tenant.public_id, app_id=addon.app.public_id)
     return addon
 
 

@@ -6,6 +6,7 @@ platform to repair anything."""
 from __future__ import annotations
 
 import itertools
+import logging
 import statistics
 import subprocess
 import threading
@@ -24,6 +25,7 @@ from tests.integration.helpers import wait_for_deployment
 from tests.integration.helpers import wait_until
 
 pytestmark = pytest.mark.integration
+logger = logging.getLogger(__name__)
 
 RECOVERY_SECONDS = 30.0
 
@@ -143,8 +145,10 @@ def test_killing_one_of_two_replicas_fails_no_request_and_both_run_again(
     with Prober(stack, pair) as prober:
         time.sleep(1)
         _podman("kill", victim)
+        killed_at = time.monotonic()
         wait_until(lambda: _all_running(stack, tenant, pair, 2) and len(_running(pair["id"])) == 2,
                    timeout=RECOVERY_SECONDS, message="two replicas running again")  # fmt: skip
+        logger.info("recovery: one of two replicas killed -> both running in %.1f s", time.monotonic() - killed_at)
         time.sleep(1)
     assert prober.errors == []
     assert set(prober.statuses) == {200}
@@ -163,6 +167,7 @@ def test_killing_the_only_replica_answers_200_again_within_30_s(
     killed_at = time.monotonic()
     wait_until(lambda: _answers(stack, single), timeout=RECOVERY_SECONDS, interval=0.25, message="200 again")
     assert time.monotonic() - killed_at < RECOVERY_SECONDS
+    logger.info("recovery: the only replica killed -> 200 in %.1f s", time.monotonic() - killed_at)
     with _client(stack, tenant) as client:
         log = client.get(f"/deployments/{single['deployment_id']}/log").text
     assert "web.1 was killed with exit code 137" in log
@@ -230,6 +235,7 @@ def test_caddy_killed_and_restarted_empty_gets_every_route_back(
         wait_until(lambda app=app: _answers(stack, app), timeout=RECOVERY_SECONDS, interval=0.25,
                    message=f"{app['name']} served again")  # fmt: skip
     assert time.monotonic() - restarted < RECOVERY_SECONDS
+    logger.info("recovery: Caddy killed and restarted empty -> every app 200 in %.1f s", time.monotonic() - restarted)
 
 
 def test_a_removed_network_and_an_orphan_container_are_repaired(
@@ -245,6 +251,7 @@ def test_a_removed_network_and_an_orphan_container_are_repaired(
         if name.startswith("cf-t-")
     )
     _podman("network", "rm", "--force", network)  # takes the tenant's containers with it
+    removed_at = time.monotonic()
     for app in (pair, single):
         wait_until(
             lambda app=app: _answers(stack, app),
@@ -253,6 +260,7 @@ def test_a_removed_network_and_an_orphan_container_are_repaired(
             message=f"{app['name']} served again",
         )
     assert _podman("network", "exists", network, check=False) == ""
+    logger.info("recovery: tenant network removed -> its apps 200 in %.1f s", time.monotonic() - removed_at)
 
     # A container of this installation that no deployment wants (a crashed worker's leftover, say).
     orphan = f"tsl-{uuid.uuid4()}-0"
@@ -293,11 +301,14 @@ def test_a_broker_outage_loses_no_intent_and_returns_no_error(
         assert client.get("/ready").status_code == 503
         time.sleep(max(0.0, 20 - (time.monotonic() - started)))
         stack.start_service("redis")
+        back_at = time.monotonic()
 
         done = wait_for_deployment(client, deploy.json()["id"], {"live", "failed"}, timeout=180)
         assert done["state"] == "live", client.get(f"/deployments/{done['id']}/log").text
         wait_until(lambda: client.get(f"/apps/{doomed.json()['id']}").status_code == 404, timeout=60,
                    message="the deleted app gone")  # fmt: skip
+        logger.info("recovery: Redis back after 20 s -> deploy live and app deleted in %.1f s",
+                    time.monotonic() - back_at)  # fmt: skip
     pair["deployment_id"] = done["id"]
     assert pair["deployment_id"] in stack.require_platform().edge_get(pair["url"]).text
 
@@ -309,10 +320,14 @@ def test_the_whole_stack_stopped_and_started_again_brings_every_app_back_without
         before = {app["id"]: client.get(f"/apps/{app['id']}/deployments").json()["count"] for app in (pair, single)}
     stack.down(containers="remove")
     assert _running(pair["id"]) == []
+    started = time.monotonic()
     stack.up()
+    up_at = time.monotonic()
     for app in (pair, single):
         wait_until(lambda app=app: _answers(stack, app), timeout=RECOVERY_SECONDS * 2, interval=0.5,
                    message=f"{app['name']} served again")  # fmt: skip
+    logger.info("recovery: whole stack restarted -> every app 200 %.1f s after up() (up() took %.1f s)",
+                time.monotonic() - up_at, up_at - started)  # fmt: skip
     with _client(stack, tenant) as client:
         after = {app["id"]: client.get(f"/apps/{app['id']}/deployments").json()["count"] for app in (pair, single)}
     assert after == before

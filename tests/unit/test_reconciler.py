@@ -3,6 +3,7 @@ Caddy fakes (tests/unit/fakes.py), looking at what results: containers, rows, ro
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 from datetime import timedelta
@@ -530,3 +531,21 @@ def test_a_deployment_whose_message_was_lost_is_queued_again_after_a_few_seconds
         tasks.requeue_work()
         tasks.requeue_work()
     delay.assert_called_once_with(str(deployment.public_id))
+
+
+def test_a_task_binds_the_ids_it_works_on_to_its_log_lines_and_forgets_them_after(app: App):
+    from core import logging as log_context
+
+    deployment = archive_deployment(app)
+    tasks.deployment_run.before_start("task-1", (str(deployment.public_id),), {})
+    tasks._load(deployment.public_id)
+    record: Any = logging.LogRecord("provisioning.x", logging.INFO, __file__, 1, "a line without extra", None, None)
+    log_context.ContextFilter().filter(record)
+    assert (record.tenant_id, record.app_id, record.deployment_id) == (
+        str(app.tenant.public_id),
+        str(app.public_id),
+        str(deployment.public_id),
+    )
+    assert record.request_id == "task-task-1"
+    tasks.deployment_run.after_return()
+    assert log_context.deployment_id_var.get() is None
