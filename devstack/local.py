@@ -558,8 +558,10 @@ class Demo:
             elif live:
                 # Live in the platform DB: the reconciler brings it back by itself after a `down` (its
                 # containers are gone) or a Caddy restart (its routes are gone), from the same image.
-                if self.edge_status() != 200:
-                    say(f"    app {DEMO_APP}: live; waiting for the reconciler to start it again")
+                if self.edge_status() == 200:
+                    say(f"    app {DEMO_APP}: live, answering through the edge")
+                    return
+                say(f"    app {DEMO_APP}: live; waiting for the reconciler to start it again")
                 break
             else:
                 deployment_id = self.deploy_source()
