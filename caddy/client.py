@@ -39,6 +39,7 @@ from caddy.routes import app_route
 from caddy.routes import catchall_route
 from caddy.routes import edge_server
 from caddy.routes import route_id
+from caddy.routes import route_upstreams
 from core.faults import InfrastructureError
 
 logger = logging.getLogger(__name__)
@@ -370,12 +371,10 @@ class CaddyClient:
 
 def _route_summary(route: JsonObject) -> str:
     hosts = [host for match in route.get("match", []) for host in match.get("host", [])]
-    handlers = route.get("handle") or [{}]
-    handler = handlers[0]
-    upstreams = [upstream.get("dial") for upstream in handler.get("upstreams", [])]
+    handler = (route.get("handle") or [{}])[0]
     if handler.get("handler") == "static_response":
         return f"hostnames={hosts} status={handler.get('status_code')}"
-    return f"hostnames={hosts} upstreams={upstreams}"
+    return f"hostnames={hosts} upstreams={route_upstreams(route)}"
 
 
 def _error_from_response(method: str, path: str, response: httpx.Response) -> CaddyError:

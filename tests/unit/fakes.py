@@ -355,8 +355,7 @@ class FakeRoutes:
 
 
 def _dials(route: dict[str, Any]) -> list[str]:
-    handler = route["handle"][0]
-    return [upstream["dial"] for upstream in handler.get("upstreams", [])]
+    return caddy_routes.route_upstreams(route)
 
 
 # --- The health check -------------------------------------------------------------------------
