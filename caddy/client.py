@@ -39,7 +39,6 @@ from caddy.routes import app_route
 from caddy.routes import catchall_route
 from caddy.routes import edge_server
 from caddy.routes import route_id
-from caddy.routes import route_upstreams
 from core.faults import InfrastructureError
 
 logger = logging.getLogger(__name__)
@@ -371,10 +370,12 @@ class CaddyClient:
 
 def _route_summary(route: JsonObject) -> str:
     hosts = [host for match in route.get("match", []) for host in match.get("host", [])]
-    handler = (route.get("handle") or [{}])[0]
+    handlers = route.get("handle") or [{}]
+    handler = handlers[0]
+    upstreams = [upstream.get("dial") for upstream in handler.get("upstreams", [])]
     if handler.get("handler") == "static_response":
         return f"hostnames={hosts} status={handler.get('status_code')}"
-    return f"hostnames={hosts} upstreams={route_upstreams(route)}"
+    return f"hostnames={hosts} upstreams={upstreams}"
 
 
 def _error_from_response(method: str, path: str, response: httpx.Response) -> CaddyError:

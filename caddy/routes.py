@@ -23,9 +23,7 @@ LB_TRY_DURATION = "5s"
 LB_TRY_INTERVAL = "250ms"
 # A stopped container's address may blackhole the dial: fail it fast so the retry above still
 # has time to pick another replica.
-DIAL_TIMEOUT = "1s"
-# Methods a request may be re-sent with after its first try failed (see `app_route`).
-RETRYABLE_METHODS = ("GET", "HEAD")
+DIAL_TIMEOUT = "2s"
 # One failed dial takes a replica out of rotation for this long (passive health check). It is
 # shorter than LB_TRY_DURATION so a single-replica app blipping is retried, not answered 502.
 PASSIVE_FAIL_DURATION = "3s"
@@ -92,51 +90,21 @@ def app_route(app_id: UUID, hostnames: list[str], upstreams: list[str]) -> JsonO
         "match": [{"host": hosts}],
         "handle": [
             {
-                "handler": "subroute",
-                "routes": [{"handle": [_proxy(dials)]}],
-                # Caddy 2.6 rebuilds its whole config on every admin change, and a request whose dial
-                # failed just then is not retried (its handler's context is gone). A GET or HEAD that
-                # failed like that gets one more try through a fresh proxy, which skips the upstream
-                # the failure marked unhealthy; anything else fails with the proxy's own status.
-                "errors": {
-                    "routes": [
-                        {"match": [{"method": list(RETRYABLE_METHODS)}], "handle": [_proxy(dials)]},
-                        {"handle": [{"handler": "error", "status_code": "{http.error.status_code}"}]},
-                    ]
+                "handler": "reverse_proxy",
+                "upstreams": [{"dial": dial} for dial in dials],
+                "load_balancing": {
+                    "selection_policy": {"policy": "least_conn"},
+                    "try_duration": LB_TRY_DURATION,
+                    "try_interval": LB_TRY_INTERVAL,
                 },
+                "health_checks": {
+                    "passive": {"fail_duration": PASSIVE_FAIL_DURATION, "max_fails": 1},
+                },
+                "transport": {"protocol": "http", "dial_timeout": DIAL_TIMEOUT},
             }
         ],
         "terminal": True,
     }
-
-
-def _proxy(dials: list[str]) -> JsonObject:
-    return {
-        "handler": "reverse_proxy",
-        "upstreams": [{"dial": dial} for dial in dials],
-        "load_balancing": {
-            "selection_policy": {"policy": "least_conn"},
-            "try_duration": LB_TRY_DURATION,
-            "try_interval": LB_TRY_INTERVAL,
-        },
-        "health_checks": {
-            "passive": {"fail_duration": PASSIVE_FAIL_DURATION, "max_fails": 1},
-        },
-        "transport": {"protocol": "http", "dial_timeout": DIAL_TIMEOUT},
-    }
-
-
-def route_upstreams(route: JsonObject) -> list[str]:
-    """The dial addresses of an app route's proxy ([] for a static page)."""
-    for handler in route.get("handle") or []:
-        if handler.get("handler") == "reverse_proxy":
-            return [str(upstream.get("dial")) for upstream in handler.get("upstreams", [])]
-        if handler.get("handler") == "subroute":
-            for inner in handler.get("routes") or []:
-                found = route_upstreams(inner)
-                if found:
-                    return found
-    return []
 
 
 UNAVAILABLE_PAGE = (

@@ -355,7 +355,8 @@ class FakeRoutes:
 
 
 def _dials(route: dict[str, Any]) -> list[str]:
-    return caddy_routes.route_upstreams(route)
+    handler = route["handle"][0]
+    return [upstream["dial"] for upstream in handler.get("upstreams", [])]
 
 
 # --- The health check -------------------------------------------------------------------------
