@@ -21,12 +21,14 @@ CATCHALL_ROUTE_ID = "coltsfoot-catchall"
 # retired, is retried on another upstream for up to this long instead of failing.
 LB_TRY_DURATION = "5s"
 LB_TRY_INTERVAL = "250ms"
-# A stopped container's address may blackhole the dial: fail it fast so the retry above still
-# has time to pick another replica.
-DIAL_TIMEOUT = "2s"
-# One failed dial takes a replica out of rotation for this long (passive health check). It is
-# shorter than LB_TRY_DURATION so a single-replica app blipping is retried, not answered 502.
-PASSIVE_FAIL_DURATION = "3s"
+# A dead container's address blackholes the dial: fail it fast (a live replica on the local bridge
+# accepts within milliseconds) so the retry above still has time to pick another replica.
+DIAL_TIMEOUT = "1s"
+# One failed dial takes a replica out of rotation for this long (passive health check): long
+# enough that a replica that just died is not dialled again before the reconciler has dropped it
+# from the route (see ROUTE_HOLD_SECONDS in provisioning.reconciler.planner), short enough that
+# a single-replica app that blipped is back in rotation soon.
+PASSIVE_FAIL_DURATION = "10s"
 
 _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _MAX_HOSTNAME_LENGTH = 253
@@ -105,6 +107,18 @@ def app_route(app_id: UUID, hostnames: list[str], upstreams: list[str]) -> JsonO
         ],
         "terminal": True,
     }
+
+
+def route_upstreams(route: JsonObject) -> list[str]:
+    """The dial addresses an app route sends traffic to ([] for a static page)."""
+    handlers = route.get("handle") or []
+    return [
+        str(upstream.get("dial"))
+        for handler in handlers
+        if isinstance(handler, dict) and handler.get("handler") == "reverse_proxy"
+        for upstream in handler.get("upstreams") or []
+        if isinstance(upstream, dict)
+    ]
 
 
 UNAVAILABLE_PAGE = (

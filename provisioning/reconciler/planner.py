@@ -14,6 +14,7 @@ from datetime import timedelta
 from caddy.routes import CATCHALL_ROUTE_ID
 from caddy.routes import app_route
 from caddy.routes import route_id
+from caddy.routes import route_upstreams
 from caddy.routes import unavailable_route
 from provisioning.reconciler.state import Desired
 from provisioning.reconciler.state import EdgeLoad
@@ -36,6 +37,13 @@ CRASHED = "crashed"
 # Deployment states in which the pipeline owns the deployment's containers.
 IN_FLIGHT = frozenset({"queued", "building", "starting"})
 SIGKILL_EXIT_CODE = 137
+# Caddy 2.6 rebuilds its whole config on every admin change, and a request that is retrying after a
+# failed dial at that moment is not retried any more: it fails with a 502. A replica that just died
+# is dialled once (the dial times out after caddy.routes.DIAL_TIMEOUT, 1 s), then the passive health
+# check keeps it out of rotation for PASSIVE_FAIL_DURATION (10 s). So the route of an app that still
+# has a serving replica is changed only once its dead one has been dead this long: no request is
+# retrying off it then, and none will dial it again before the change.
+ROUTE_HOLD_SECONDS = 3.0
 ROUTE_ID_PREFIX = "app-"
 
 
@@ -119,16 +127,45 @@ def desired_route(app: LiveApp, serving: frozenset[str], port: int) -> JsonObjec
     return unavailable_route(app.app_id, hostnames)
 
 
-def plan_routes(desired: Desired, observed: Observed, serving: frozenset[str], *, port: int) -> list[RouteAction]:
+def route_hold_until(app: LiveApp, observed: Observed, serving: frozenset[str], current: JsonObject | None,
+                     port: int) -> float:  # fmt: skip
+    """Unix time before which the app's route should stay as it is (0: change it now): while the
+    route still sends traffic to a replica that died less than ROUTE_HOLD_SECONDS ago and another
+    replica serves."""
+    if current is None or not any(r.name in serving for r in app.replicas):
+        return 0.0  # nothing to fail over to: the 503 page at once is the better answer
+    routed = set(route_upstreams(current))
+    exits = [
+        c.exited_at
+        for r in app.replicas
+        if f"{r.address}:{port}" in routed
+        and (c := observed.containers.get(r.name)) is not None
+        and not c.running
+        and c.exited_at
+    ]
+    return max(exits) + ROUTE_HOLD_SECONDS if exits else 0.0
+
+
+def plan_routes(
+    desired: Desired, observed: Observed, serving: frozenset[str], *, port: int, now: float | None = None
+) -> tuple[list[RouteAction], float | None]:
+    """The route changes, and the unix time of the earliest route change held back (None if none is)."""
     wanted = {route_id(app.app_id): (app, desired_route(app, serving, port)) for app in desired.apps}
     if observed.routes is None or not observed.catchall:
-        return [EdgeLoad(tuple(route for _app, route in wanted.values()))]
+        return [EdgeLoad(tuple(route for _app, route in wanted.values()))], None
     actions: list[RouteAction] = []
+    held: float | None = None
     for rid, (app, route) in wanted.items():
         if app.switching:
             continue  # the deploy in flight switches this route itself
-        if observed.routes.get(rid) != route:
-            actions.append(RouteSet(app.app_id, route))
+        current = observed.routes.get(rid)
+        if current == route:
+            continue
+        hold = route_hold_until(app, observed, serving, current, port) if now is not None else 0.0
+        if now is not None and hold > now:
+            held = hold if held is None else min(held, hold)
+            continue
+        actions.append(RouteSet(app.app_id, route))
     for rid in sorted(set(observed.routes) - set(wanted)):
         if rid == CATCHALL_ROUTE_ID or not rid.startswith(ROUTE_ID_PREFIX):
             continue
@@ -138,4 +175,4 @@ def plan_routes(desired: Desired, observed: Observed, serving: frozenset[str], *
             continue
         if app_id not in desired.apps_routing_soon:
             actions.append(RouteRemove(rid))
-    return actions
+    return actions, held

@@ -71,6 +71,10 @@ class PassReport:
     def count(self, kind: str) -> None:
         self.actions[kind] = self.actions.get(kind, 0) + 1
 
+    def wake(self, seconds: float) -> None:
+        """Ask for another pass in `seconds` (the earliest of the requests wins)."""
+        self.wake_in = seconds if self.wake_in is None else min(self.wake_in, seconds)
+
     def as_dict(self) -> dict[str, object]:
         return {"apps": self.apps, "actions": dict(self.actions), "errors": self.errors, "wake_in": self.wake_in}
 
@@ -349,7 +353,7 @@ def execute_replica_actions(
                     pending.append(_Pending(action.app, action.replica, address, restarted=True))
                     report.count("replica_started")
                 else:
-                    report.wake_in = delay if report.wake_in is None else min(report.wake_in, delay)
+                    report.wake(delay)
             elif isinstance(action, ReplicaStart):
                 address = _start(action.app, action.replica, deployments, now)
                 pending.append(_Pending(action.app, action.replica, address, restarted=True))
@@ -469,10 +473,13 @@ def reconcile_pass(now: datetime | None = None) -> PassReport:
         serving = execute_replica_actions(replica_actions, observed, now, report)
         if caddy_ok:
             desired = with_addresses(desired, serving)
-            route_actions = planner.plan_routes(
-                desired, observed, serving_replicas(desired, serving), port=pipeline.APP_PORT
+            route_actions, held_until = planner.plan_routes(
+                desired, observed, serving_replicas(desired, serving), port=pipeline.APP_PORT, now=now.timestamp()
             )
             execute_route_actions(route_actions, desired, caddy, report)
+            if held_until is not None:
+                report.count("route_held")
+                report.wake(held_until - now.timestamp())
     if report.actions or report.errors:
         logger.info("reconcile pass", extra=report.as_dict())
     return report

@@ -73,3 +73,12 @@ def pipeline_settings(settings: Any, tmp_path: Path) -> None:
     settings.BUILD_PIP_INDEX_URL = ""
     settings.BUILD_CA_BUNDLE = ""
     settings.START_DEADLINE_SECONDS = 2
+
+
+@pytest.fixture(autouse=True)
+def _log_context_unbound() -> Iterator[None]:
+    """Tasks run in-process here bind ids to the log context (as in a worker); no test sees another's."""
+    yield
+    from core.logging import unbind
+
+    unbind()

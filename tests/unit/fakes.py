@@ -52,6 +52,7 @@ class FakeContainer:
     exit_code: int = 0
     oom_killed: bool = False
     created_at: float = 0.0
+    exited_at: float = 0.0
 
     @property
     def name(self) -> str:
@@ -251,6 +252,7 @@ class FakePodman:
         container.running = False
         container.exit_code = exit_code
         container.oom_killed = oom
+        container.exited_at = time.time()
 
     def containers_observe(self, key: str, value: str) -> list[podman.ObservedContainer]:
         self.observations += 1
@@ -261,7 +263,7 @@ class FakePodman:
                 state="running" if container.running else "exited",
                 exit_code=0 if container.running else container.exit_code,
                 started_at=container.created_at,
-                exited_at=0.0,
+                exited_at=container.exited_at,
                 created_at=container.created_at,
             )
             for name, container in self.containers.items()

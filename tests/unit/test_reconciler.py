@@ -266,7 +266,32 @@ def test_route_decisions(app: LiveApp, serving: set[str], seen_routes: Any, expe
     desired = Desired(apps=(app,))
     routes = routes_of(app, serving) if seen_routes == "same" else seen_routes
     seen = Observed({}, routes, frozenset([NETWORK]))
-    assert planner.plan_routes(desired, seen, frozenset(serving), port=8000) == expected
+    assert planner.plan_routes(desired, seen, frozenset(serving), port=8000) == (expected, None)
+
+
+def test_the_route_of_an_app_that_still_serves_waits_until_its_dead_replica_is_out_of_rotation():
+    app = live(R0, row(1))
+    serving = frozenset({row(1).name})
+    seen_route = routes_of(app, {R0.name, row(1).name})
+    died_at = NOW.timestamp() - 1
+
+    def plan_at(exited_at: float, now: float) -> tuple[list[Any], float | None]:
+        dead = podman.ObservedContainer(NAME0, {}, "exited", 137, died_at - 60, exited_at, died_at - 60)
+        seen = Observed({NAME0: dead, row(1).name: container(row(1).name)}, seen_route, frozenset([NETWORK]))
+        return planner.plan_routes(Desired(apps=(app,)), seen, serving, port=8000, now=now)
+
+    # Died a second ago: Caddy may still be retrying a request off it, and a config reload now
+    # would turn that request into a 502; the route changes at the end of the hold.
+    assert plan_at(died_at, NOW.timestamp()) == ([], died_at + planner.ROUTE_HOLD_SECONDS)
+    dropped = RouteSet(APP_ID, planner.desired_route(app, serving, 8000))
+    assert plan_at(died_at, died_at + planner.ROUTE_HOLD_SECONDS + 0.1) == ([dropped], None)
+    # With nothing left to fail over to, the 503 page goes up at once.
+    alone = live(R0)
+    dead = podman.ObservedContainer(NAME0, {}, "exited", 137, died_at - 60, died_at, died_at - 60)
+    seen = Observed({NAME0: dead}, routes_of(alone, {R0.name}), frozenset([NETWORK]))
+    actions, held = planner.plan_routes(Desired(apps=(alone,)), seen, frozenset(), port=8000, now=NOW.timestamp())
+    assert actions == [RouteSet(APP_ID, caddy_routes.unavailable_route(APP_ID, ["shop-acme.localhost"]))]
+    assert held is None
 
 
 def test_a_caddy_without_its_config_gets_every_route_back_in_one_load():
@@ -274,7 +299,7 @@ def test_a_caddy_without_its_config_gets_every_route_back_in_one_load():
     apps = (live(R0), live(row(1), app_id=other))
     desired = Desired(apps=apps)
     seen = Observed({}, None, frozenset([NETWORK]), catchall=False)
-    actions = planner.plan_routes(desired, seen, frozenset({R0.name, row(1).name}), port=8000)
+    actions, _held = planner.plan_routes(desired, seen, frozenset({R0.name, row(1).name}), port=8000)
     assert actions == [EdgeLoad(tuple(planner.desired_route(a, frozenset({R0.name, row(1).name}), 8000) for a in apps))]
 
 
@@ -287,7 +312,7 @@ def test_routes_of_apps_the_platform_does_not_serve_are_removed_but_not_those_ab
         "someone-elses": {},
     }
     desired = Desired(apps=(), apps_routing_soon=frozenset({soon}))
-    actions = planner.plan_routes(desired, Observed({}, routes, frozenset()), frozenset(), port=8000)
+    actions, _held = planner.plan_routes(desired, Observed({}, routes, frozenset()), frozenset(), port=8000)
     assert actions == [RouteRemove(caddy_routes.route_id(stale))]
 
 
@@ -360,13 +385,16 @@ def test_a_killed_replica_is_replaced_and_the_route_follows(app: App, fake_podma
     first, second = (r.name for r in replicas_of(live_deployment))
     fake_podman.kill(first)
 
+    before = routes.table[app.public_id]
     report = reconcile_pass()  # records the crash; backoff starts at 1 s
     assert report.wake_in == 1.0
     crashed = replicas_of(live_deployment)[0]
     assert (crashed.state, crashed.last_exit_code, crashed.last_exit_reason) == ("crashed", 137, "killed")
-    assert routes.table[app.public_id] == [f"{fake_podman.containers[second].address}:8000"]
+    # Held for a moment: the edge's own retries take the dead replica out of rotation meanwhile.
+    assert routes.table[app.public_id] == before
+    assert report.actions["route_held"] == 1
 
-    reconcile_pass(now=timezone.now() + timedelta(seconds=2))
+    reconcile_pass(now=timezone.now() + timedelta(seconds=planner.ROUTE_HOLD_SECONDS + 1))
 
     restarted = replicas_of(live_deployment)[0]
     assert (restarted.state, restarted.restarts) == ("running", 1)
