@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated
 from typing import Any
 
@@ -22,6 +21,7 @@ from coltsfoot_cli.settings import load_login
 from coltsfoot_cli.sse import Event
 from coltsfoot_cli.sse import NotAnEventStream
 from coltsfoot_cli.sse import follow
+from coltsfoot_cli.sse import pause
 
 MAX_LINES = 10_000
 POLL_SECONDS = 1.0
@@ -53,7 +53,7 @@ def _show(item: dict[str, Any], *, as_json: bool) -> None:
 def _poll(api: Client, path: str, params: dict[str, Any], cursor: Any, *, as_json: bool) -> None:
     """A server without SSE on this endpoint: ask for what came after the cursor, once a second."""
     while True:
-        time.sleep(POLL_SECONDS)
+        pause(POLL_SECONDS)
         page = api.get(path, params={**params, **({"since": cursor} if cursor is not None else {})})
         for item in page.get("items", []):
             _show(item, as_json=as_json)

@@ -27,6 +27,11 @@ MAX_ATTEMPTS = 8
 SEEN_IDS = 4096
 
 
+def pause(seconds: float) -> None:
+    """Wait before reconnecting (the tests replace this)."""
+    time.sleep(seconds)
+
+
 @dataclass(frozen=True)
 class Event:
     data: str
@@ -118,7 +123,6 @@ def follow(
     params: dict[str, Any] | None = None,
     last_event_id: str | None = None,
     should_stop: Callable[[], bool] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Event | Comment]:
     """Events of `path`, reconnecting whenever the stream ends or drops, each time with the id of the
     last event received in `Last-Event-ID`, so the server resumes right after it. An event id seen
@@ -166,8 +170,8 @@ def follow(
         if should_stop is not None and should_stop():
             return
         if failures:
-            sleep(min(0.5 * 2 ** (failures - 1), MAX_RECONNECT_DELAY))
+            pause(min(0.5 * 2 ** (failures - 1), MAX_RECONNECT_DELAY))
         elif delay_override is not None:
-            sleep(delay_override)
+            pause(delay_override)
         elif not received:
-            sleep(1.0)  # a server that closes every stream at once must not make this a busy loop
+            pause(1.0)  # a server that closes every stream at once must not make this a busy loop

@@ -18,11 +18,12 @@ from coltsfoot_cli.sse import Comment
 from coltsfoot_cli.sse import Event
 from coltsfoot_cli.sse import NotAnEventStream
 from coltsfoot_cli.sse import follow
+from coltsfoot_cli.sse import pause
 
 FINAL_STATES = frozenset({"live", "failed", "superseded"})
 STATE_POLL_SECONDS = 2.0
 LOG_POLL_SECONDS = 1.0
-END_EVENTS = frozenset({"end", "done", "eof", "close"})
+FINAL_GRACE = 1.0
 
 
 def new_part(seen: str, text: str) -> str:
@@ -54,13 +55,13 @@ class Watcher:
         api: Client,
         deployment_id: str,
         *,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         printer: Callable[[str], None] = output.raw,
     ) -> None:
         self.api = api
         self.deployment_id = deployment_id
-        self.sleep = sleep
+        self.sleep = sleep or pause
         self.clock = clock
         self.printer = printer
         self.deployment: dict[str, Any] = {}
@@ -79,16 +80,17 @@ class Watcher:
     def run(self) -> dict[str, Any]:
         """Print the output until the deployment reaches a final state; return the deployment."""
         path = f"deployments/{self.deployment_id}/log"
+        final_at: float | None = None
         try:
             for item in follow(self.api, path, should_stop=lambda: self._state(force=True) in FINAL_STATES):
-                if isinstance(item, Event):
-                    if item.event in END_EVENTS:
-                        continue  # the stream ends after this; `should_stop` then asks for the state
-                    if item.event == "message":
-                        self.printer(event_text(item))
-                elif isinstance(item, Comment) and self._finished():
-                    break
-                if isinstance(item, Event) and self._finished():
+                if isinstance(item, Event) and item.event == "message":
+                    self.printer(event_text(item))
+                # The state flips as the last lines are written: once it is final, what is already on
+                # its way is still printed, and the watch ends when the stream goes quiet (a heartbeat)
+                # or a moment later. A server that ends the stream itself ends it sooner.
+                if final_at is None and self._finished():
+                    final_at = self.clock()
+                if final_at is not None and (isinstance(item, Comment) or self.clock() - final_at >= FINAL_GRACE):
                     break
         except NotAnEventStream as plain:
             self._poll(plain.response.text)
