@@ -50,7 +50,9 @@ Exit codes:
   5  the API could not be reached, or failed (5xx)
 """
 
-app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None
+)
 
 
 def _version(value: bool) -> None:
