@@ -74,7 +74,9 @@ def test_deploy_streams_the_build_and_ends_live_with_the_url(coltsfoot, platform
     url = result.stdout.strip().splitlines()[-1]
     assert url.startswith("http://hello-"), result.stdout
     assert url.endswith("/"), result.stdout
-    assert "Hello from Coltsfoot!" in platform.edge_get(url).text
+    wait_until(
+        lambda: "Hello from Coltsfoot!" in platform.edge_get(url).text, timeout=60, message="the app through the edge"
+    )
     project = json.loads((directory / ".coltsfoot").read_text())
     assert project["app"] == "hello"
 
