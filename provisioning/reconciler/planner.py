@@ -111,7 +111,12 @@ def _orphan_reason(desired: Desired, observed: Observed, name: str, now: datetim
     if known.state in IN_FLIGHT:
         return ""  # the pipeline is working with it
     if known.state == "live":
-        return "not a replica of the live deployment" if container.labels.get("coltsfoot.role") == "web" else ""
+        # Only a web container of a live deployment whose replicas this pass knows can be extra: a
+        # deployment that went live after the pass read its desired state has replicas it never saw.
+        live_here = any(app.deployment_id == deployment_id for app in desired.apps)
+        if live_here and container.labels.get("coltsfoot.role") == "web":
+            return "not a replica of the live deployment"
+        return ""
     if known.finished_at is not None and now - known.finished_at < grace:
         return ""  # its own retirement may still be draining it
     return f"deployment {known.state}"

@@ -338,6 +338,8 @@ def execute_replica_actions(
                 logger.info("tenant network recreated", extra={"tenant_id": str(action.tenant_id)})
                 report.count("network_created")
             elif isinstance(action, OrphanRemove):
+                if not _still_orphan(action.name, observed):
+                    continue
                 podman.container_remove(action.name)
                 logger.info("orphan container removed", extra={"container": action.name, "reason": action.reason})
                 report.count("orphan_removed")
@@ -366,6 +368,20 @@ def execute_replica_actions(
         if container.running and name not in {item.replica.name for item in pending}:
             serving.setdefault(name, "")
     return serving
+
+
+def _still_orphan(name: str, observed: Observed) -> bool:
+    """Right before removing a container: no replica row names it and its deployment is not in
+    flight (the pipeline may have started or gone live since the pass read the DB)."""
+    if Replica.objects.filter(name=name).exists():
+        return False
+    label = observed.containers[name].labels.get("coltsfoot.deployment", "")
+    try:
+        deployment_id = uuid.UUID(label)
+    except ValueError:
+        return True
+    state = Deployment.objects.filter(public_id=deployment_id).values_list("state", flat=True).first()
+    return state not in Deployment.ACTIVE_STATES
 
 
 def _still_live(app_id: uuid.UUID, deployment_id: uuid.UUID) -> bool:

@@ -200,7 +200,7 @@ OLD = uuid.UUID("44444444-4444-4444-8444-444444444444")
         pytest.param(
             KnownDeployment("failed", NOW - timedelta(hours=1)), 3600, "web", "deployment failed", id="failed"
         ),
-        pytest.param(KnownDeployment("live", None), 3600, "web", "not a replica of the live deployment", id="extra"),
+        pytest.param(KnownDeployment("live", None), 3600, "web", "", id="went live after the pass read the DB"),
         pytest.param(KnownDeployment("live", None), 3600, "release", "", id="live deployment's one-off"),
     ],
 )
@@ -210,6 +210,33 @@ def test_orphans(known: KnownDeployment | None, age: float, role: str, expected_
     desired = Desired(apps=(live(R0),), deployments=deployments)
     actions = plan(desired, observed(container(NAME0), container(name, age=age, deployment=OLD, role=role)))
     assert actions == ([OrphanRemove(name, expected_reason)] if expected_reason else [])
+
+
+def test_a_web_container_of_the_live_deployment_that_no_replica_row_names_is_an_orphan():
+    name = f"tsl-{DEPLOYMENT_ID}-5"
+    desired = Desired(apps=(live(R0),), deployments={DEPLOYMENT_ID: KnownDeployment("live", None)})
+    actions = plan(desired, observed(container(NAME0), container(name)))
+    assert actions == [OrphanRemove(name, "not a replica of the live deployment")]
+
+
+def test_an_orphan_is_left_alone_if_the_db_says_otherwise_by_the_time_it_would_be_removed(
+    app: App, fake_podman: FakePodman, settings: Any
+):
+    """The pass read the DB before a deploy went live and the podman state after: the DB is asked
+    again right before a container is removed, and a replica row wins."""
+    live_deployment = go_live(app)
+    name = replicas_of(live_deployment)[0].name
+    fake_podman.containers[name].created_at -= settings.ORPHAN_GRACE_SECONDS + 1
+    real_plan = planner.plan_replicas
+
+    def stale_plan(*args: Any, **kwargs: Any) -> list[Any]:
+        return [*real_plan(*args, **kwargs), OrphanRemove(name, "unknown deployment")]
+
+    from unittest import mock
+
+    with mock.patch.object(planner, "plan_replicas", side_effect=stale_plan):
+        reconcile_pass()
+    assert fake_podman.containers[name].running
 
 
 def test_containers_without_a_deployment_label_are_orphans_after_the_grace():
