@@ -6,13 +6,14 @@ SHELL := /bin/bash
 WITH_ENV := source scripts/env.sh &&
 PYTEST_WORKERS ?= 2
 
-.PHONY: help bootstrap deps base-image lint typecheck unit integration test up down status logs bench bench-reconcile
+.PHONY: help bootstrap deps base-image lint typecheck unit fuzz integration test up down status logs bench bench-reconcile
 
 help:
 	@echo "make up        start the platform (Redis, Caddy, PostgreSQL, PgBouncer, Celery, API) and deploy examples/hello"
 	@echo "make down      stop everything make up started"
 	@echo "make status    show what is running"
-	@echo "make test      install what is missing, then lint, type check, unit and integration tests"
+	@echo "make test      install what is missing, then lint, type check, unit, fuzz and integration tests"
+	@echo "make fuzz      schemathesis over the OpenAPI document, in process (hermetic, about a minute)"
 	@echo "make bench     run the deploy benchmark (prints JSON)"
 	@echo "make bench-reconcile  time a reconcile pass over 1,000 apps against fakes (prints JSON)"
 
@@ -36,10 +37,15 @@ typecheck: deps
 unit: deps
 	@$(WITH_ENV) uv run --frozen pytest tests/unit -n $(PYTEST_WORKERS) -q
 
+# Schemathesis against the API in process (tests/fuzz): hermetic like the unit tier, kept apart
+# because it is one long run per operation rather than many small tests.
+fuzz: deps
+	@$(WITH_ENV) uv run --frozen pytest tests/fuzz -n $(PYTEST_WORKERS) -q
+
 integration: base-image
 	@$(WITH_ENV) uv run --frozen pytest tests/integration -n $(PYTEST_WORKERS) --dist loadfile -q -m integration
 
-test: lint typecheck unit integration
+test: lint typecheck unit fuzz integration
 
 # The supervisor is devstack/ (python -m devstack); the same code runs the integration tests' and the
 # benchmark's stacks.

@@ -10,6 +10,7 @@ from ninja import NinjaAPI
 from ninja import Schema
 from ninja import Status
 
+from audit.api import router as audit_router
 from core.errors import error_response
 from core.errors import install_error_handlers
 from platform_apps.addons.api import router as addons_router
@@ -103,5 +104,6 @@ api.add_router("/", deployments_router)
 api.add_router("/", config_router)
 api.add_router("/", addons_router)
 api.add_router("/", webhooks_router)
+api.add_router("/", audit_router)
 
 __all__ = ["api", "error_response"]

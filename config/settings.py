@@ -37,12 +37,14 @@ INSTALLED_APPS = [
     "ninja",
     "config",
     "tenants",
+    "audit",
     "platform_apps",
     "provisioning",
 ]
 
 MIDDLEWARE = [
     "core.logging.RequestIdMiddleware",
+    "core.actor.RequestContextMiddleware",
     "config.middleware.ApiErrorShapeMiddleware",
     "config.middleware.UploadLimitMiddleware",
     "platform_apps.idempotency.IdempotencyMiddleware",
@@ -242,6 +244,9 @@ GIT_ALLOWED_SCHEMES = env_list("COLTSFOOT_GIT_ALLOWED_SCHEMES", ["https"])
 GIT_ALLOW_LOCAL = env_bool("COLTSFOOT_GIT_ALLOW_LOCAL", default=False)  # tests only: file:// repositories
 WEBHOOK_TOLERANCE_SECONDS = 300
 WEBHOOK_RATE_LIMIT_PER_MINUTE = env_int("COLTSFOOT_WEBHOOK_RATE_LIMIT", 30)
+# Proxies whose X-Forwarded-For the audit trail believes (addresses, e.g. "127.0.0.1" behind a
+# local reverse proxy). Empty: the source address of every request is its REMOTE_ADDR.
+TRUSTED_PROXIES = env_list("COLTSFOOT_TRUSTED_PROXIES", [])
 # Registries image deploys may pull from (host[:port]); anything else is refused up front.
 IMAGE_ALLOWED_REGISTRIES = env_list("COLTSFOOT_IMAGE_ALLOWED_REGISTRIES", ["docker.io", "ghcr.io", "quay.io"])
 

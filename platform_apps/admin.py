@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
+from audit.admin import AuditedAdmin
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
@@ -12,7 +13,7 @@ from platform_apps.models import WebhookDelivery
 
 
 @admin.register(App)
-class AppAdmin(admin.ModelAdmin[App]):
+class AppAdmin(AuditedAdmin[App]):
     list_display = ["name", "tenant", "hostname", "state", "replicas", "memory_mb", "live_deployment", "created_at"]
     list_filter = ["state", "created_at"]
     search_fields = ["name", "hostname", "public_id", "tenant__slug"]
@@ -30,7 +31,7 @@ class ReplicaInline(admin.TabularInline[Replica, Deployment]):
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin[Deployment]):
+class DeploymentAdmin(AuditedAdmin[Deployment]):
     list_display = ["__str__", "app", "number", "state", "source_kind", "error_code", "created_at", "finished_at"]
     list_filter = ["state", "source_kind", "created_at"]
     search_fields = ["public_id", "app__name", "app__tenant__slug", "error_code"]
@@ -60,7 +61,7 @@ class DeploymentAdmin(admin.ModelAdmin[Deployment]):
 
 
 @admin.register(ConfigVar)
-class ConfigVarAdmin(admin.ModelAdmin[ConfigVar]):
+class ConfigVarAdmin(AuditedAdmin[ConfigVar]):
     """Keys and kinds only: values are encrypted, and secret ones are write-only everywhere."""
 
     list_display = ["key", "app", "secret", "updated_at"]
@@ -75,7 +76,7 @@ class ConfigVarAdmin(admin.ModelAdmin[ConfigVar]):
 
 
 @admin.register(Addon)
-class AddonAdmin(admin.ModelAdmin[Addon]):
+class AddonAdmin(AuditedAdmin[Addon]):
     list_display = ["database_name", "app", "state", "error_code", "created_at", "updated_at"]
     list_filter = ["state", "created_at"]
     search_fields = ["public_id", "database_name", "role_name", "app__name", "app__tenant__slug"]
@@ -88,7 +89,7 @@ class AddonAdmin(admin.ModelAdmin[Addon]):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
+class WebhookDeliveryAdmin(AuditedAdmin[WebhookDelivery]):
     list_display = ["delivery_id", "app", "deployment", "created_at"]
     list_filter = ["created_at"]
     search_fields = ["delivery_id", "app__name", "app__tenant__slug"]

@@ -6,12 +6,15 @@ from django.db.models import Count
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from audit.admin import AuditedAdmin
+from audit.admin import admin_actor
+from tenants import services
 from tenants.models import ApiToken
 from tenants.models import Tenant
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin[Tenant]):
+class TenantAdmin(AuditedAdmin[Tenant]):
     list_display = [
         "slug",
         "public_id",
@@ -36,17 +39,20 @@ class TenantAdmin(admin.ModelAdmin[Tenant]):
 
     @admin.action(description="Suspend selected tenants (their tokens get 403)")
     def suspend(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
-        count = queryset.exclude(status=Tenant.Status.SUSPENDED).update(status=Tenant.Status.SUSPENDED)
+        count = services.tenants_set_status(
+            tenants=queryset, status=Tenant.Status.SUSPENDED, actor=admin_actor(request)
+        )
         self.message_user(request, f"Suspended {count} tenant(s).", messages.SUCCESS)
 
     @admin.action(description="Reactivate selected tenants")
     def reactivate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
-        count = queryset.exclude(status=Tenant.Status.ACTIVE).update(status=Tenant.Status.ACTIVE)
+        actor = admin_actor(request)
+        count = services.tenants_set_status(tenants=queryset, status=Tenant.Status.ACTIVE, actor=actor)
         self.message_user(request, f"Reactivated {count} tenant(s).", messages.SUCCESS)
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
+class ApiTokenAdmin(AuditedAdmin[ApiToken]):
     list_display = ["name", "prefix", "tenant", "app", "scopes", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["revoked_at", "created_at"]
     search_fields = ["name", "prefix", "public_id", "tenant__slug"]
@@ -61,7 +67,5 @@ class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
 
     @admin.action(description="Revoke selected tokens")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
-        from django.utils import timezone
-
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        count = services.tokens_revoke(tokens=queryset, actor=admin_actor(request))
         self.message_user(request, f"Revoked {count} token(s).", messages.SUCCESS)

@@ -21,7 +21,7 @@ from tenants.schemas import TokenOut
 
 router = Router(tags=["tokens"])
 
-ERRORS = error_responses(401, 403, 404, 409, 422)
+ERRORS = error_responses(400, 401, 403, 404, 409, 422)
 
 
 def _visible_tokens(token: ApiToken) -> QuerySet[ApiToken]:

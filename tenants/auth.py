@@ -9,6 +9,8 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja.security import HttpBearer
 
+from core.actor import Actor
+from core.actor import set_actor
 from core.errors import Forbidden
 from core.logging import bind
 from tenants.models import ApiToken
@@ -45,6 +47,7 @@ class TokenAuth(HttpBearer):
         bind(tenant_id=api_token.tenant.public_id)
         if not api_token.tenant.is_active:
             raise Forbidden("tenant.suspended", "This tenant is suspended; contact the platform administrators.")
+        set_actor(Actor.token(api_token.public_id, api_token.prefix))
         now = timezone.now()
         if api_token.last_used_at is None or now - api_token.last_used_at > LAST_USED_RESOLUTION:
             ApiToken.objects.filter(pk=api_token.pk).update(last_used_at=now)

@@ -4,8 +4,12 @@ import logging
 
 from django.db import IntegrityError
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
+from audit import actions
+from audit.services import audit_record
+from core.actor import Actor
 from core.errors import Conflict
 from core.errors import Forbidden
 from tenants.models import ALL_SCOPES
@@ -21,7 +25,20 @@ def tenant_create(*, slug: str) -> Tenant:
     tenant.full_clean()
     tenant.save()
     logger.info("tenant created", extra={"tenant_id": str(tenant.public_id)})
+    audit_record(action=actions.TENANT_CREATE, tenant_id=tenant.pk, object_type="tenant", object_id=tenant.public_id)
     return tenant
+
+
+@transaction.atomic
+def tenants_set_status(*, tenants: QuerySet[Tenant], status: str, actor: Actor) -> int:
+    """Suspend or reactivate tenants (the admin's actions); one audit row per tenant that changed."""
+    changing = list(tenants.exclude(status=status).values_list("pk", "public_id"))
+    count = Tenant.objects.filter(pk__in=[pk for pk, _ in changing]).update(status=status)
+    action = actions.TENANT_SUSPEND if status == Tenant.Status.SUSPENDED else actions.TENANT_REACTIVATE
+    for pk, public_id in changing:
+        audit_record(action=action, tenant_id=pk, object_type="tenant", object_id=public_id, actor=actor)
+    logger.info("tenant status changed", extra={"status": status, "count": count})
+    return count
 
 
 def _token_insert(*, tenant: Tenant, name: str, scopes: list[str], app_pk: int | None) -> tuple[ApiToken, str]:
@@ -31,6 +48,14 @@ def _token_insert(*, tenant: Tenant, name: str, scopes: list[str], app_pk: int |
             with transaction.atomic():
                 token = ApiToken.objects.create(
                     tenant=tenant, name=name, prefix=prefix, token_hash=token_hash, scopes=scopes, app_id=app_pk
+                )
+                audit_record(
+                    action=actions.TOKEN_CREATE,
+                    tenant_id=tenant.pk,
+                    object_type="token",
+                    object_id=token.public_id,
+                    app_id=token.app.public_id if token.app is not None else None,
+                    details={"name": name, "prefix": prefix, "scopes": scopes},
                 )
         except IntegrityError:  # prefix collision: draw again
             continue
@@ -63,9 +88,29 @@ def token_create(*, creator: ApiToken, name: str, scopes: list[str], app_pk: int
     return _token_insert(tenant=creator.tenant, name=name, scopes=ordered, app_pk=app_pk)
 
 
-def token_revoke(*, token: ApiToken) -> None:
-    if ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
+@transaction.atomic
+def token_revoke(*, token: ApiToken, actor: Actor | None = None) -> None:
+    revoked = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    if revoked:
         logger.info(
             "api token revoked",
             extra={"token_id": str(token.public_id)},
         )
+    audit_record(
+        action=actions.TOKEN_REVOKE,
+        tenant_id=token.tenant_id,
+        object_type="token",
+        object_id=token.public_id,
+        app_id=token.app.public_id if token.app is not None else None,
+        details={"prefix": token.prefix, "already_revoked": not revoked},
+        actor=actor,
+    )
+
+
+@transaction.atomic
+def tokens_revoke(*, tokens: QuerySet[ApiToken], actor: Actor) -> int:
+    """Revoke several tokens at once (the admin's action); one audit row per token revoked."""
+    live = list(tokens.filter(revoked_at__isnull=True).select_related("app"))
+    for token in live:
+        token_revoke(token=token, actor=actor)
+    return len(live)

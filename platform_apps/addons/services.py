@@ -8,6 +8,9 @@ import uuid
 
 from django.db import transaction
 
+from audit import actions
+from audit.services import ACCEPTED
+from audit.services import audit_record
 from core import crypto
 from core.errors import Conflict
 from core.queue import enqueue_on_commit
@@ -48,6 +51,7 @@ def addon_create(*, app: App) -> Addon:
         addon.save(update_fields=["state", "error_code", "error_message", "updated_at"])
     enqueue_on_commit("coltsfoot.addon_provision", str(addon.public_id))
     logger.info("postgres add-on requested", extra={"addon_id": str(addon.public_id)})
+    _audit(actions.ADDON_CREATE, app, addon)
     return addon
 
 
@@ -60,4 +64,16 @@ def addon_delete(*, app: App) -> Addon:
     addon.state = Addon.State.DEPROVISIONING
     enqueue_on_commit("coltsfoot.addon_deprovision", str(addon.public_id))
     logger.info("postgres add-on removal requested", extra={"addon_id": str(addon.public_id)})
+    _audit(actions.ADDON_DELETE, app, addon)
     return addon
+
+
+def _audit(action: str, app: App, addon: Addon) -> None:
+    audit_record(
+        action=action,
+        tenant_id=app.tenant_id,
+        object_type="addon",
+        object_id=addon.public_id,
+        outcome=ACCEPTED,
+        app_id=app.public_id,
+    )

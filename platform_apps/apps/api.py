@@ -25,7 +25,7 @@ from tenants.auth import caller
 
 router = Router(tags=["apps"])
 
-ERRORS = error_responses(401, 403, 404, 409, 413, 422)
+ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422)
 
 
 @router.post(

@@ -9,6 +9,9 @@ from typing import Any
 from django.db import IntegrityError
 from django.db import transaction
 
+from audit import actions
+from audit.services import ACCEPTED
+from audit.services import audit_record
 from core.errors import Conflict
 from core.errors import Unprocessable
 from core.queue import enqueue_on_commit
@@ -63,6 +66,14 @@ def app_create(*, tenant: Tenant, name: str, replicas: int, memory_mb: int, cpus
     except IntegrityError as exc:  # a concurrent create on a platform DB without IMMEDIATE
         raise Conflict("app.name_taken", f"An app named {name!r} already exists.") from exc
     logger.info("app created", extra={"app_id": str(app.public_id)})
+    audit_record(
+        action=actions.APP_CREATE,
+        tenant_id=tenant.pk,
+        object_type="app",
+        object_id=app.public_id,
+        app_id=app.public_id,
+        details={"name": name},
+    )
     return app
 
 
@@ -82,9 +93,18 @@ def app_update(*, app: App, changes: dict[str, Any]) -> App:
     if fields:
         app.save(update_fields=[*fields, "updated_at"])
         logger.info("app updated", extra={"fields": fields})
+    release = None
     if {"replicas", "memory_mb", "cpus"} & set(fields):
         # Scaling takes effect now: the live image is released again with the new size.
-        release_current(app)
+        release = release_current(app)
+    audit_record(
+        action=actions.APP_UPDATE,
+        tenant_id=app.tenant_id,
+        object_type="app",
+        object_id=app.public_id,
+        app_id=app.public_id,
+        details={"fields": fields, "deployment_id": str(release.public_id) if release else None},
+    )
     return app
 
 
@@ -98,4 +118,13 @@ def app_delete(*, app: App) -> App:
     # Re-enqueue even when already deleting: the teardown is idempotent, and a lost task must
     # not leave the app stuck in "deleting" forever.
     enqueue_on_commit("coltsfoot.app_teardown", str(app.public_id))
+    audit_record(
+        action=actions.APP_DELETE,
+        tenant_id=app.tenant_id,
+        object_type="app",
+        object_id=app.public_id,
+        outcome=ACCEPTED,
+        app_id=app.public_id,
+        details={"already_deleting": not updated},
+    )
     return app

@@ -18,7 +18,7 @@ from platform_apps.config.schemas import ConfigPatchOut
 # One tag for config and add-ons, as the API has always grouped them.
 router = Router(tags=["config and add-ons"])
 
-ERRORS = error_responses(401, 403, 404, 409, 413, 422)
+ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422)
 
 
 @router.get(

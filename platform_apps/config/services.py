@@ -11,6 +11,8 @@ import re
 
 from django.db import transaction
 
+from audit import actions
+from audit.services import audit_record
 from core import crypto
 from core.errors import Conflict
 from core.errors import Unprocessable
@@ -82,7 +84,21 @@ def config_patch(*, app: App, plain: dict[str, str | None], secrets: dict[str, s
         raise Unprocessable("config.too_many", f"An app may have at most {MAX_VARS_PER_APP} config vars.")
     if changed:
         logger.info("config changed", extra={"keys": sorted(changed)})
-    return release_current(app) if changed else None
+    release = release_current(app) if changed else None
+    # Names only: a value (and above all a secret's) never reaches the audit trail.
+    audit_record(
+        action=actions.CONFIG_UPDATE,
+        tenant_id=app.tenant_id,
+        object_type="app",
+        object_id=app.public_id,
+        app_id=app.public_id,
+        details={
+            "keys": sorted(changed),
+            "secret_keys": sorted(changed & set(secrets)),
+            "deployment_id": str(release.public_id) if release else None,
+        },
+    )
+    return release
 
 
 def _apply(app: App, changes: dict[str, str | None], *, secret: bool) -> set[str]:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 
 from django.conf import settings
@@ -17,6 +20,10 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Max
 
+from audit import actions
+from audit.services import ACCEPTED
+from audit.services import Detail
+from audit.services import audit_record
 from core.errors import ApiError
 from core.errors import Conflict
 from core.errors import Unprocessable
@@ -57,16 +64,39 @@ def _log_created(deployment: Deployment) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Audit:
+    """How a new deployment appears in the audit trail: a deploy by token (the default), a rollback,
+    or a signed webhook's deploy (with its delivery id). Re-releases have none of their own: the
+    config or app change that caused one names it."""
+
+    action: str = actions.DEPLOYMENT_CREATE
+    details: Mapping[str, Detail] = field(default_factory=dict)
+
+
+DEPLOY = Audit()
+
+
 @transaction.atomic
-def _insert(app: App, **fields: object) -> Deployment:
+def _insert(app: App, *, audit: Audit | None, **fields: object) -> Deployment:
     # IMMEDIATE transactions on SQLite make max+1 safe; the unique constraint backs it elsewhere.
     deployment = Deployment.objects.create(app=app, number=_next_number(app), **fields)
     enqueue_on_commit("coltsfoot.deployment_run", str(deployment.public_id))
     _log_created(deployment)
+    if audit is not None:
+        audit_record(
+            action=audit.action,
+            tenant_id=app.tenant_id,
+            object_type="deployment",
+            object_id=deployment.public_id,
+            outcome=ACCEPTED,
+            app_id=app.public_id,
+            details={"source": deployment.source_kind, "number": deployment.number, **audit.details},
+        )
     return deployment
 
 
-def deployment_create_from_archive(*, app: App, upload: UploadedFile[bytes]) -> Deployment:
+def deployment_create_from_archive(*, app: App, upload: UploadedFile[bytes], audit: Audit = DEPLOY) -> Deployment:
     _ensure_deployable(app)
     public_id = uuid.uuid4()
     build_dir = Path(settings.BUILD_ROOT) / str(public_id)
@@ -85,7 +115,7 @@ def deployment_create_from_archive(*, app: App, upload: UploadedFile[bytes]) -> 
             max_files=int(settings.SOURCE_MAX_FILES),
         )
         archive.unlink()
-        return _insert(app, public_id=public_id, source_kind=Deployment.SourceKind.ARCHIVE)
+        return _insert(app, audit=audit, public_id=public_id, source_kind=Deployment.SourceKind.ARCHIVE)
     except SourceRejected as exc:
         shutil.rmtree(build_dir, ignore_errors=True)
         raise ApiError(exc.code, exc.message, status=exc.http_status) from exc
@@ -105,7 +135,7 @@ def _registry_of(image: str) -> str:
     return "docker.io"
 
 
-def deployment_create_from_payload(*, app: App, payload: SourceDeployIn) -> Deployment:
+def deployment_create_from_payload(*, app: App, payload: SourceDeployIn, audit: Audit = DEPLOY) -> Deployment:
     """An image or git deploy. Both are checked against the platform's allow-lists here, so a
     tenant cannot make the platform fetch from an internal address."""
     _ensure_deployable(app)
@@ -116,7 +146,9 @@ def deployment_create_from_payload(*, app: App, payload: SourceDeployIn) -> Depl
                 "source.registry_not_allowed",
                 f"Images can be pulled from {', '.join(settings.IMAGE_ALLOWED_REGISTRIES)} only.",
             )
-        return _insert(app, source_kind=Deployment.SourceKind.IMAGE, source_url=payload.image, own_image=True)
+        return _insert(
+            app, audit=audit, source_kind=Deployment.SourceKind.IMAGE, source_url=payload.image, own_image=True
+        )
     git = payload.git
     if git is None:  # the schema already refuses a body with neither
         raise Unprocessable("request.invalid", "Give exactly one of `image` or `git`.")
@@ -124,7 +156,7 @@ def deployment_create_from_payload(*, app: App, payload: SourceDeployIn) -> Depl
         url = git_validate(git.url, git.ref)
     except UserError as exc:
         raise Unprocessable(exc.code, exc.message) from exc
-    return _insert(app, source_kind=Deployment.SourceKind.GIT, source_url=url, source_ref=git.ref)
+    return _insert(app, audit=audit, source_kind=Deployment.SourceKind.GIT, source_url=url, source_ref=git.ref)
 
 
 def git_validate(url: str, ref: str) -> str:
@@ -151,13 +183,14 @@ def deployment_create_rollback(*, app: App, target: Deployment) -> Deployment:
             "rollback.not_deployable",
             "Only a deployment that went live (its image was built and served) can be rolled back to.",
         )
-    return _insert_reusing_image(app, target, Deployment.SourceKind.ROLLBACK)
+    rollback = Audit(actions.DEPLOYMENT_ROLLBACK, {"target_deployment_id": str(target.public_id)})
+    return _insert_reusing_image(app, target, Deployment.SourceKind.ROLLBACK, audit=rollback)
 
 
 def deployment_create_release(*, app: App, source: Deployment) -> Deployment:
     """Re-release `source`'s image (config change, scaling, add-on attached or removed)."""
     _ensure_deployable(app)
-    return _insert_reusing_image(app, source, Deployment.SourceKind.RELEASE)
+    return _insert_reusing_image(app, source, Deployment.SourceKind.RELEASE, audit=None)
 
 
 def release_current(app: App) -> Deployment | None:
@@ -181,10 +214,11 @@ def release_current(app: App) -> Deployment | None:
     return deployment_create_release(app=app, source=live)
 
 
-def _insert_reusing_image(app: App, source: Deployment, kind: str) -> Deployment:
+def _insert_reusing_image(app: App, source: Deployment, kind: str, *, audit: Audit | None) -> Deployment:
     """A deployment that skips the build: it runs `source`'s image and commands again."""
     return _insert(
         app,
+        audit=audit,
         source_kind=kind,
         source_deployment=source,
         image_ref=source.image_ref,

@@ -15,7 +15,10 @@ from ninja import Router
 from ninja import Status
 from pydantic import ValidationError as PydanticValidationError
 
+from audit import actions
 from core import crypto
+from core.actor import Actor
+from core.actor import set_actor
 from core.errors import ApiError
 from core.errors import Forbidden
 from core.errors import error_response
@@ -73,17 +76,17 @@ def _read_body(request: HttpRequest) -> bytes:
     return request.read(limit + 1)
 
 
-def _create_from_body(app: App, request: HttpRequest, body: bytes) -> Deployment:
+def _create_from_body(app: App, request: HttpRequest, body: bytes, audit: deployments.Audit) -> Deployment:
     content_type = request.content_type or ""
     if content_type in {"application/gzip", "application/x-gzip", "application/octet-stream"}:
         upload = SimpleUploadedFile("source.tar.gz", body, content_type="application/gzip")
-        return deployments.deployment_create_from_archive(app=app, upload=upload)
+        return deployments.deployment_create_from_archive(app=app, upload=upload, audit=audit)
     if content_type == "application/json":
         try:
             payload = SourceDeployIn.model_validate_json(body)
         except PydanticValidationError as exc:
             raise invalid_request(exc, 'Send {"image": "..."} or {"git": {"url": "...", "ref": "..."}}.') from exc
-        return deployments.deployment_create_from_payload(app=app, payload=payload)
+        return deployments.deployment_create_from_payload(app=app, payload=payload, audit=audit)
     raise ApiError("request.unsupported_media_type", "Send application/gzip or application/json.", status=415)
 
 
@@ -129,6 +132,8 @@ def webhook_deploy(request: HttpRequest, app_id: uuid.UUID) -> Status[Deployment
     if retry_after is not None:
         return _too_many(retry_after)
     context = {"delivery_id": delivery_id}
+    # From here on the caller is the webhook: what it changes is audited as the app's webhook.
+    set_actor(Actor.webhook(app.public_id))
     if not app.tenant.is_active:
         raise Forbidden("tenant.suspended", "This tenant is suspended.")
     digest = hashlib.sha256(signature.strip().lower().encode()).hexdigest()
@@ -157,8 +162,9 @@ def _deployment_for(
     github: signatures.GithubDelivery | None,
     context: dict[str, str],
 ) -> Deployment | None:
+    audit = deployments.Audit(actions.WEBHOOK_DEPLOY, {"delivery_id": context["delivery_id"][:200]})
     if github is None:
-        return _create_from_body(app, request, body)
+        return _create_from_body(app, request, body, audit)
     try:
         source = signatures.parse_github_push(body, app.deploy_branch, event=github.event)
     except signatures.WebhookError as exc:
@@ -167,4 +173,4 @@ def _deployment_for(
         logger.info("webhook ignored", extra={**context, "event": github.event})
         return None
     payload = SourceDeployIn.model_validate({"git": {"url": source.url, "ref": source.ref}})
-    return deployments.deployment_create_from_payload(app=app, payload=payload)
+    return deployments.deployment_create_from_payload(app=app, payload=payload, audit=audit)

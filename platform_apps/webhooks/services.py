@@ -8,6 +8,8 @@ import secrets
 from django.db import IntegrityError
 from django.db import transaction
 
+from audit import actions
+from audit.services import audit_record
 from core import crypto
 from platform_apps.models import App
 from platform_apps.models import Deployment
@@ -16,11 +18,19 @@ from platform_apps.models import WebhookDelivery
 logger = logging.getLogger(__name__)
 
 
+@transaction.atomic
 def webhook_secret_rotate(*, app: App) -> str:
     """A new secret for the app's webhook; the old one stops working at once. Returned only here."""
     secret = "whsec_" + secrets.token_urlsafe(32)
     App.objects.filter(pk=app.pk).update(webhook_secret_encrypted=crypto.encrypt(secret))
     logger.info("webhook secret rotated")
+    audit_record(
+        action=actions.WEBHOOK_SECRET_ROTATE,
+        tenant_id=app.tenant_id,
+        object_type="app",
+        object_id=app.public_id,
+        app_id=app.public_id,
+    )
     return secret
 
 

@@ -23,6 +23,7 @@ CHANGELISTS = [
     "/admin/platform_apps/configvar/",
     "/admin/platform_apps/addon/",
     "/admin/platform_apps/webhookdelivery/",
+    "/admin/audit/auditevent/",
 ]
 
 

@@ -99,6 +99,8 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("DELETE", "/tokens/{token_id}"): Rule(
         lambda w, _: Call("DELETE", f"/tokens/{w.spare_token_id}"), 403, 403, per_app=False
     ),
+    # The audit trail is read with apps:read (a deploy-only token does not read it).
+    ("GET", "/audit"): Rule(lambda w, _: Call("GET", "/audit"), 403, 200, per_app=False),
 }
 
 IDS = [f"{method} {path}" for method, path in MATRIX]

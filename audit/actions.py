@@ -1,0 +1,45 @@
+"""The audit trail's action names. They are an interface (tenants filter on them with `?action=`):
+add new ones, never rename one."""
+
+from __future__ import annotations
+
+APP_CREATE = "app.create"
+APP_UPDATE = "app.update"
+APP_DELETE = "app.delete"
+DEPLOYMENT_CREATE = "deployment.create"
+DEPLOYMENT_ROLLBACK = "deployment.rollback"
+CONFIG_UPDATE = "config.update"
+ADDON_CREATE = "addon.create"
+ADDON_DELETE = "addon.delete"
+WEBHOOK_SECRET_ROTATE = "webhook_secret.rotate"
+WEBHOOK_DEPLOY = "webhook.deploy"
+TOKEN_CREATE = "token.create"
+TOKEN_REVOKE = "token.revoke"
+TENANT_CREATE = "tenant.create"
+TENANT_SUSPEND = "tenant.suspend"
+TENANT_REACTIVATE = "tenant.reactivate"
+# Edits and deletions through the Django admin's forms (the admin's own actions have names above).
+ADMIN_CHANGE = "admin.change"
+ADMIN_DELETE = "admin.delete"
+
+ACTIONS: frozenset[str] = frozenset(
+    {
+        APP_CREATE,
+        APP_UPDATE,
+        APP_DELETE,
+        DEPLOYMENT_CREATE,
+        DEPLOYMENT_ROLLBACK,
+        CONFIG_UPDATE,
+        ADDON_CREATE,
+        ADDON_DELETE,
+        WEBHOOK_SECRET_ROTATE,
+        WEBHOOK_DEPLOY,
+        TOKEN_CREATE,
+        TOKEN_REVOKE,
+        TENANT_CREATE,
+        TENANT_SUSPEND,
+        TENANT_REACTIVATE,
+        ADMIN_CHANGE,
+        ADMIN_DELETE,
+    }
+)
