@@ -10,11 +10,11 @@ from ninja import NinjaAPI
 from ninja import Schema
 from ninja import Status
 
-from audit.api import router as audit_router
 from core.errors import error_response
 from core.errors import install_error_handlers
 from platform_apps.addons.api import router as addons_router
 from platform_apps.apps.api import router as apps_router
+from platform_apps.audit.api import router as audit_router
 from platform_apps.config.api import router as config_router
 from platform_apps.deployments.api import router as deployments_router
 from platform_apps.webhooks.api import router as webhooks_router
