@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from core.errors import Conflict
 from core.errors import Forbidden
+from core.queue import enqueue_on_commit
 from tenants.models import ALL_SCOPES
 from tenants.models import ApiToken
 from tenants.models import Tenant
@@ -22,6 +23,39 @@ def tenant_create(*, slug: str) -> Tenant:
     tenant.save()
     logger.info("tenant created", extra={"tenant_id": str(tenant.public_id)})
     return tenant
+
+
+def _tenant_status_set(tenant: Tenant, status: str) -> bool:
+    changed = bool(
+        Tenant.objects.filter(pk=tenant.pk).exclude(status=status).update(status=status, updated_at=timezone.now())
+    )
+    tenant.status = status
+    # The edge follows at once, not at the next periodic pass: the reconciler routes a suspended tenant's apps
+    # to the "suspended" page and a reactivated one's back to their replicas. Queued even when nothing
+    # changed, so repeating the action repairs an edge that missed the first one.
+    enqueue_on_commit("coltsfoot.reconcile")
+    return changed
+
+
+@transaction.atomic
+def tenant_suspend(*, tenant: Tenant) -> bool:
+    """Suspend the tenant: its tokens and webhooks get 403 `tenant.suspended` (no deploys), and its apps answer
+    the "suspended" page at the edge. Its replicas keep running, so reactivating is instant. True if it was
+    active."""
+    changed = _tenant_status_set(tenant, Tenant.Status.SUSPENDED)
+    if changed:
+        logger.info("tenant suspended", extra={"tenant_id": str(tenant.public_id)})
+    return changed
+
+
+@transaction.atomic
+def tenant_reactivate(*, tenant: Tenant) -> bool:
+    """Undo `tenant_suspend`: tokens work again and the apps are routed to their replicas. True if it was
+    suspended."""
+    changed = _tenant_status_set(tenant, Tenant.Status.ACTIVE)
+    if changed:
+        logger.info("tenant reactivated", extra={"tenant_id": str(tenant.public_id)})
+    return changed
 
 
 def _token_insert(*, tenant: Tenant, name: str, scopes: list[str], app_pk: int | None) -> tuple[ApiToken, str]:
