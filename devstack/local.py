@@ -400,6 +400,7 @@ class LocalStack:
         say("Coltsfoot is up.")
         say(f"  API          {platform.api_url}")
         say(f"  API docs     {platform.api_url}/docs")
+        say(f"  admin        {platform.api_base}/admin/   (first user: manage.py createsuperuser, see README)")
         say(f"  demo token   {demo.token}")
         say(f"               (tenant '{DEMO_TENANT}'; kept in {self.demo_file})")
         say(f"  demo app     {demo.app['url']}")

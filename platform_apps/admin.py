@@ -36,6 +36,7 @@ from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
 from platform_apps.models import WebhookDelivery
+from tenants.models import Tenant
 
 CONSOLE_CSS = {"all": ("coltsfoot/console.css",)}
 CONSOLE_JS = ("coltsfoot/console.js",)
@@ -72,6 +73,17 @@ class AppStatusFilter(admin.SimpleListFilter):
         }
         condition = conditions.get(self.value() or "")  # type: ignore[call-overload]
         return queryset if condition is None else queryset.filter(condition)
+
+
+class TenantStatusFilter(admin.SimpleListFilter):
+    title = "tenant status"
+    parameter_name = "tenant_status"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
+        return [(str(value), str(label)) for value, label in Tenant.Status.choices]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(tenant__status=self.value()) if self.value() else queryset
 
 
 class AppForm(forms.ModelForm[App]):
@@ -121,9 +133,8 @@ class AppAdmin(admin.ModelAdmin[App]):
         "problem",
         "live_deployment_link",
         "url_link",
-        "created_at",
     ]
-    list_filter = [AppStatusFilter, "state", "tenant__status", "created_at"]
+    list_filter = [AppStatusFilter, TenantStatusFilter, "state", "created_at"]
     search_fields = ["name", "hostname", "public_id", "tenant__slug"]
     list_select_related = ["tenant", "live_deployment"]
     fields = [
@@ -331,6 +342,25 @@ def _seconds(delta: timedelta) -> str:
     return f"{total:.1f} s" if total < 120 else f"{int(total // 60)} min {int(total % 60)} s"
 
 
+# A deployment's page: what happened first (the log included), where it came from below.
+DEPLOYMENT_SUMMARY = ("public_id", "app", "number", "state_badge", "error_summary", "duration", "log_view")
+DEPLOYMENT_DETAILS = (
+    "source_kind",
+    "source_url",
+    "source_ref",
+    "source_commit",
+    "source_deployment",
+    "image_ref",
+    "image_id",
+    "web_command",
+    "release_command",
+    "attempts",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+
+
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin[Deployment]):
     """Read-only: every field of a deployment belongs to the pipeline. The log is shown as a terminal would."""
@@ -347,29 +377,11 @@ class DeploymentAdmin(admin.ModelAdmin[Deployment]):
     list_filter = ["state", "source_kind", "error_code", "created_at"]
     search_fields = ["public_id", "app__name", "app__tenant__slug", "error_code"]
     list_select_related = ["app", "app__tenant"]
-    fields = (
-        "public_id",
-        "app",
-        "number",
-        "state_badge",
-        "error_summary",
-        "duration",
-        "source_kind",
-        "source_url",
-        "source_ref",
-        "source_commit",
-        "source_deployment",
-        "image_ref",
-        "image_id",
-        "web_command",
-        "release_command",
-        "attempts",
-        "created_at",
-        "started_at",
-        "finished_at",
-        "log_view",
+    fieldsets = (
+        (None, {"fields": DEPLOYMENT_SUMMARY}),
+        ("Source and image", {"classes": ("collapse",), "fields": DEPLOYMENT_DETAILS}),
     )
-    readonly_fields = fields
+    readonly_fields = DEPLOYMENT_SUMMARY + DEPLOYMENT_DETAILS
     inlines = [ReplicaInline]
     actions = ["rollback_to"]
 

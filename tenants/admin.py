@@ -12,6 +12,8 @@ from django.db.models import Count
 from django.db.models import Max
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from core.console import console_action_logged
 from tenants import services
@@ -60,21 +62,16 @@ class TenantForm(forms.ModelForm[Tenant]):
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin[Tenant]):
     form = TenantForm
-    list_display = [
-        "slug",
-        "public_id",
-        "status",
-        "apps_used",
-        "replicas_used",
-        "memory_used",
-        "created_at",
-    ]
+    list_display = ["slug", "status_badge", "apps_used", "replicas_used", "memory_used", "created_at"]
     list_filter = ["status", "created_at"]
     search_fields = ["slug", "public_id"]
     # The status changes only through the suspend/reactivate actions, which also move the edge.
     readonly_fields = ["slug", "public_id", "status", "created_at", "updated_at"]
     fields = ["slug", "public_id", "status", "max_apps", "max_replicas", "max_memory_mb", "created_at", "updated_at"]
     actions = ["suspend", "reactivate"]
+
+    class Media:
+        css = {"all": ("coltsfoot/console.css",)}
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # A tenant is useless without its first token, which is shown once: `manage.py create_tenant SLUG`.
@@ -95,15 +92,19 @@ class TenantAdmin(admin.ModelAdmin[Tenant]):
             )
         )
 
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Tenant) -> SafeString:
+        return format_html('<span class="cf-badge cf-badge-{}">{}</span>', obj.status, obj.get_status_display())
+
     @admin.display(description="apps / quota", ordering="_app_count")
     def apps_used(self, obj: Tenant) -> str:
         return f"{int(getattr(obj, '_app_count', 0))} / {obj.max_apps}"
 
-    @admin.display(description="largest app's replicas / quota", ordering="_top_replicas")
+    @admin.display(description="replicas per app (top / quota)", ordering="_top_replicas")
     def replicas_used(self, obj: Tenant) -> str:
         return f"{int(getattr(obj, '_top_replicas', None) or 0)} / {obj.max_replicas}"
 
-    @admin.display(description="largest replica MiB / quota", ordering="_top_memory")
+    @admin.display(description="MiB per replica (top / quota)", ordering="_top_memory")
     def memory_used(self, obj: Tenant) -> str:
         return f"{int(getattr(obj, '_top_memory', None) or 0)} / {obj.max_memory_mb}"
 
