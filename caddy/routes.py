@@ -130,9 +130,9 @@ UNAVAILABLE_PAGE = (
 UNAVAILABLE_RETRY_AFTER = "10"
 
 
-def unavailable_route(app_id: UUID, hostnames: list[str]) -> JsonObject:
-    """The app's route while none of its replicas runs: a clear 503 page at once, not a 502 after
-    the proxy gave up. Same `@id` as the app route, so switching either way is one PATCH."""
+def _page_route(
+    app_id: UUID, hostnames: list[str], status: int, body: str, headers: dict[str, list[str]]
+) -> JsonObject:
     if isinstance(hostnames, str):
         raise ValueError("hostnames must be a list, not a string")
     hosts = list(dict.fromkeys(validate_hostname(name) for name in hostnames))
@@ -144,17 +144,33 @@ def unavailable_route(app_id: UUID, hostnames: list[str]) -> JsonObject:
         "handle": [
             {
                 "handler": "static_response",
-                "status_code": 503,
-                "headers": {
-                    "Content-Type": ["text/html; charset=utf-8"],
-                    "Retry-After": [UNAVAILABLE_RETRY_AFTER],
-                    "Cache-Control": ["no-store"],
-                },
-                "body": UNAVAILABLE_PAGE,
+                "status_code": status,
+                "headers": {"Content-Type": ["text/html; charset=utf-8"], **headers, "Cache-Control": ["no-store"]},
+                "body": body,
             }
         ],
         "terminal": True,
     }
+
+
+def unavailable_route(app_id: UUID, hostnames: list[str]) -> JsonObject:
+    """The app's route while none of its replicas runs: a clear 503 page at once, not a 502 after
+    the proxy gave up. Same `@id` as the app route, so switching either way is one PATCH."""
+    return _page_route(app_id, hostnames, 503, UNAVAILABLE_PAGE, {"Retry-After": [UNAVAILABLE_RETRY_AFTER]})
+
+
+SUSPENDED_PAGE = (
+    '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>403 App suspended</title></head>\n'
+    "<body><h1>This app is suspended</h1>\n"
+    "<p>The platform's administrators have suspended the account that runs this app, so it is not served. "
+    "If it is yours, contact them.</p></body></html>\n"
+)
+
+
+def suspended_route(app_id: UUID, hostnames: list[str]) -> JsonObject:
+    """The app's route while its tenant is suspended: a 403 page saying so, whatever its replicas
+    do. Same `@id` as the app route, so suspending and reactivating are one PATCH each."""
+    return _page_route(app_id, hostnames, 403, SUSPENDED_PAGE, {})
 
 
 def catchall_route() -> JsonObject:

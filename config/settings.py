@@ -49,6 +49,9 @@ MIDDLEWARE = [
     "config.middleware.UploadLimitMiddleware",
     "platform_apps.idempotency.IdempotencyMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Serves /static/ from STATIC_ROOT (filled by `collectstatic`) in every way the API runs, gunicorn
+    # included: compressed, with hashed names cached for a year. Nothing comes from a CDN.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -126,7 +129,13 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# `manage.py collectstatic` fills it: `make up` and the test fixtures run it before the API starts.
 STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Content-hashed names (cache-busting) and gzip'd copies, served by WhiteNoise.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 # Request bodies: source archives are streamed to disk by the deploy endpoint, so the in-memory
 # cap only guards JSON and form bodies.

@@ -11,6 +11,7 @@ os.environ.setdefault("COLTSFOOT_DATA_DIR", tempfile.mkdtemp(prefix="coltsfoot-t
 from config.settings import *  # noqa: F403
 from config.settings import INSTALLED_APPS
 from config.settings import MIDDLEWARE
+from config.settings import STATIC_ROOT
 
 INSTALLED_APPS = [*INSTALLED_APPS, "zeal"]
 MIDDLEWARE = [*MIDDLEWARE, "zeal.middleware.zeal_middleware"]
@@ -20,3 +21,12 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = False
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 RETIRE_DRAIN_SECONDS = 0
+# Hermetic: templates name static files as they are, and WhiteNoise serves them from the apps' own
+# directories, so no `collectstatic` is needed. The production storage (hashed, compressed names) is
+# tested on its own in tests/unit/test_static.py.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missing one

@@ -10,6 +10,9 @@ from core.errors import error_response
 
 admin.site.site_header = "Coltsfoot administration"
 admin.site.site_title = "Coltsfoot"
+admin.site.index_title = "Operator's console"
+# The changelists are wide (status, replicas, problem, URL): the page's width is theirs.
+admin.site.enable_nav_sidebar = False
 
 urlpatterns = [
     path("admin/", admin.site.urls),

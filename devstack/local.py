@@ -1,10 +1,10 @@
 """`make up` / `make down` / `make status`: the whole platform on this machine, in the background.
 
 `up` starts whatever is not running yet (Redis, Caddy, PostgreSQL, PgBouncer, the Celery worker and beat, the
-API under gunicorn), migrates, creates the `demo` tenant once, deploys examples/hello when the app does not
-answer, and prints the URLs and the demo token. Running it again is harmless and quick. `down` stops all of
-that, app containers included (only this installation's: they carry its instance id); `status` prints one line
-per service.
+API under gunicorn), migrates and collects the static files (before the API starts), creates the `demo` tenant
+once, deploys examples/hello when the app does not answer, and prints the URLs and the demo token. Running it
+again is harmless and quick. `down` stops all of that, app containers included (only this installation's: they
+carry its instance id); `status` prints one line per service.
 
 Everything lives under the state dir, COLTSFOOT_STATE_DIR (default ~/.local/state/coltsfoot):
   secrets.env        generated once, mode 600: DJANGO_SECRET_KEY, COLTSFOOT_FERNET_KEYS, the PostgreSQL
@@ -15,7 +15,7 @@ Everything lives under the state dir, COLTSFOOT_STATE_DIR (default ~/.local/stat
   env                rewritten by every `up`, mode 600: the environment the platform processes get.
                      `set -a; . <state>/env; set +a` and `uv run python manage.py ...` talks to this stack.
   demo-tenant.json   the demo tenant's id and token (create_tenant shows a token only once), mode 600.
-  data/              COLTSFOOT_DATA_DIR unless the caller sets it: SQLite DB, uploads, build dirs.
+  data/              COLTSFOOT_DATA_DIR unless the caller sets it: SQLite DB, uploads, build dirs, static/.
   run/ logs/         pid files and one log per service (and manage.log).
   redis/ caddy/      their data and config (Caddy's HOME and XDG dirs point here).
   pg                 PostgreSQL's data dir and socket, PgBouncer's ini and auth_file. PostgreSQL and
@@ -400,6 +400,7 @@ class LocalStack:
         say("Coltsfoot is up.")
         say(f"  API          {platform.api_url}")
         say(f"  API docs     {platform.api_url}/docs")
+        say(f"  admin        {platform.api_base}/admin/   (first user: manage.py createsuperuser, see README)")
         say(f"  demo token   {demo.token}")
         say(f"               (tenant '{DEMO_TENANT}'; kept in {self.demo_file})")
         say(f"  demo app     {demo.app['url']}")

@@ -882,9 +882,12 @@ class Platform(Service):
 
     # --- management commands -------------------------------------------------------------------------
 
-    def manage(self, *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
-        """Run `manage.py ARGS` against this stack, output appended to logs/manage.log; raise ServiceError
-        with its output if it fails."""
+    def manage(
+        self, *args: str, timeout: float = 180.0, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `manage.py ARGS` against this stack (with `env` added to its environment, e.g.
+        DJANGO_SUPERUSER_PASSWORD), output appended to logs/manage.log; raise ServiceError with its output if
+        it fails."""
         for directory in (self.data_dir, self.home, self.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, str(REPO_ROOT / "manage.py"), *args]
@@ -892,7 +895,13 @@ class Platform(Service):
             log.write(f"=== {time.strftime('%F %T')} manage.py {' '.join(args)}\n")
         try:
             result = subprocess.run(
-                argv, env=self.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
+                argv,
+                env={**self.env, **(env or {})},
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
             )
         except subprocess.TimeoutExpired as exc:
             raise ServiceError(f"manage.py {' '.join(args)} did not finish within {timeout:.0f}s") from exc
@@ -908,6 +917,16 @@ class Platform(Service):
     def migrate(self) -> None:
         self.manage("migrate", "--noinput")
 
+    def collectstatic(self) -> None:
+        """Gather the admin's and the API docs' assets into STATIC_ROOT (under the data dir), hashed and
+        compressed, for WhiteNoise in the API process: run before the API starts, which reads it once."""
+        self.manage("collectstatic", "--noinput", "--verbosity", "0")
+
+    def prepare(self) -> None:
+        """What every start does first: migrate (idempotent) and collect the static files."""
+        self.migrate()
+        self.collectstatic()
+
     def create_tenant(self, slug: str) -> dict[str, str]:
         """`manage.py create_tenant SLUG` -> {"tenant_id": ..., "token": ...} from its one JSON line."""
         result = self.manage("create_tenant", slug)
@@ -920,14 +939,15 @@ class Platform(Service):
     # --- the processes -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Migrate, then the worker, beat (unless with_beat=False) and the API."""
-        self.migrate()
+        """Migrate and collect the static files, then the worker, beat (unless with_beat=False) and the API."""
+        self.prepare()
         for service in self.services:
             service.start()
 
     def ensure(self) -> bool:
-        """`make up`: migrate (idempotent), then start whichever process is not running. True if any was."""
-        self.migrate()
+        """`make up`: migrate (idempotent) and collect the static files, then start whichever process is not
+        running. True if any was."""
+        self.prepare()
         started = False
         for service in self.services:  # every one, not just up to the first that was started
             started = service.ensure() or started

@@ -74,10 +74,11 @@ class Stack:
 
     def up(self, *, report: Report | None = None, before_platform: Callable[[], None] | None = None) -> None:
         """Start whatever is not running (adopting what runs from its pid file), in order, each waited for.
-        The platform is migrated first (idempotent); `before_platform` runs right after that."""
+        The platform is migrated and its static files collected first (idempotent, before the API starts);
+        `before_platform` runs right after that."""
         for service in self.services:
             if isinstance(service, Platform):
-                service.migrate()
+                service.prepare()
                 if before_platform is not None:
                     before_platform()
                 for process in service.services:

@@ -12,6 +12,7 @@ from audit.services import audit_record
 from core.actor import Actor
 from core.errors import Conflict
 from core.errors import Forbidden
+from core.queue import enqueue_on_commit
 from tenants.models import ALL_SCOPES
 from tenants.models import ApiToken
 from tenants.models import Tenant
@@ -37,8 +38,46 @@ def tenants_set_status(*, tenants: QuerySet[Tenant], status: str, actor: Actor) 
     action = actions.TENANT_SUSPEND if status == Tenant.Status.SUSPENDED else actions.TENANT_REACTIVATE
     for pk, public_id in changing:
         audit_record(action=action, tenant_id=pk, object_type="tenant", object_id=public_id, actor=actor)
+    if changing:
+        enqueue_on_commit("coltsfoot.reconcile")  # the edge follows at once (see `_tenant_status_set`)
     logger.info("tenant status changed", extra={"status": status, "count": count})
     return count
+
+
+def _tenant_status_set(tenant: Tenant, status: str, actor: Actor | None) -> bool:
+    changed = bool(
+        Tenant.objects.filter(pk=tenant.pk).exclude(status=status).update(status=status, updated_at=timezone.now())
+    )
+    tenant.status = status
+    if changed:
+        action = actions.TENANT_SUSPEND if status == Tenant.Status.SUSPENDED else actions.TENANT_REACTIVATE
+        audit_record(action=action, tenant_id=tenant.pk, object_type="tenant", object_id=tenant.public_id, actor=actor)
+    # The edge follows at once, not at the next periodic pass: the reconciler routes a suspended tenant's apps
+    # to the "suspended" page and a reactivated one's back to their replicas. Queued even when nothing
+    # changed, so repeating the action repairs an edge that missed the first one.
+    enqueue_on_commit("coltsfoot.reconcile")
+    return changed
+
+
+@transaction.atomic
+def tenant_suspend(*, tenant: Tenant, actor: Actor | None = None) -> bool:
+    """Suspend the tenant: its tokens and webhooks get 403 `tenant.suspended` (no deploys), and its apps answer
+    the "suspended" page at the edge. Its replicas keep running, so reactivating is instant. True if it was
+    active."""
+    changed = _tenant_status_set(tenant, Tenant.Status.SUSPENDED, actor)
+    if changed:
+        logger.info("tenant suspended", extra={"tenant_id": str(tenant.public_id)})
+    return changed
+
+
+@transaction.atomic
+def tenant_reactivate(*, tenant: Tenant, actor: Actor | None = None) -> bool:
+    """Undo `tenant_suspend`: tokens work again and the apps are routed to their replicas. True if it was
+    suspended."""
+    changed = _tenant_status_set(tenant, Tenant.Status.ACTIVE, actor)
+    if changed:
+        logger.info("tenant reactivated", extra={"tenant_id": str(tenant.public_id)})
+    return changed
 
 
 def _token_insert(*, tenant: Tenant, name: str, scopes: list[str], app_pk: int | None) -> tuple[ApiToken, str]:

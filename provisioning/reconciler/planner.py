@@ -15,6 +15,7 @@ from caddy.routes import CATCHALL_ROUTE_ID
 from caddy.routes import app_route
 from caddy.routes import route_id
 from caddy.routes import route_upstreams
+from caddy.routes import suspended_route
 from caddy.routes import unavailable_route
 from provisioning.reconciler.state import Desired
 from provisioning.reconciler.state import EdgeLoad
@@ -123,10 +124,13 @@ def _orphan_reason(desired: Desired, observed: Observed, name: str, now: datetim
 
 
 def desired_route(app: LiveApp, serving: frozenset[str], port: int) -> JsonObject:
-    """The app's route: its serving replicas in index order, or the 503 page if none serves."""
+    """The app's route: the "suspended" page if its tenant is, else its serving replicas in index
+    order, or the 503 page if none serves."""
+    hostnames = list(app.hostnames)
+    if app.suspended:
+        return suspended_route(app.app_id, hostnames)
     ordered = sorted(app.replicas, key=lambda r: r.index)
     upstreams = [f"{r.address}:{port}" for r in ordered if r.name in serving and r.address]
-    hostnames = list(app.hostnames)
     if upstreams:
         return app_route(app.app_id, hostnames, upstreams)
     return unavailable_route(app.app_id, hostnames)

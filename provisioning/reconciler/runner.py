@@ -50,6 +50,7 @@ from provisioning.reconciler.state import ReplicaSteady
 from provisioning.reconciler.state import RouteAction
 from provisioning.reconciler.state import RouteRemove
 from provisioning.reconciler.state import RouteSet
+from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def load_desired() -> Desired:
     apps = list(
         App.objects.filter(state=App.State.ACTIVE, live_deployment__isnull=False)
         .select_related("tenant", "live_deployment")
-        .only("public_id", "hostname", "tenant__public_id", "live_deployment__public_id")
+        .only("public_id", "hostname", "tenant__public_id", "tenant__status", "live_deployment__public_id")
     )
     rows: dict[int, list[ReplicaRow]] = defaultdict(list)
     for replica in Replica.objects.filter(deployment_id__in=[app.live_deployment_id for app in apps]):
@@ -123,6 +124,7 @@ def load_desired() -> Desired:
                 hostnames=(app.hostname,),
                 replicas=tuple(sorted(rows.get(deployment.pk, []), key=lambda r: r.index)),
                 switching=app.pk in switching,
+                suspended=app.tenant.status == Tenant.Status.SUSPENDED,
             )
         )
     return Desired(apps=tuple(live), apps_routing_soon=frozenset(app_id for _pk, app_id, _state in in_flight))
@@ -465,6 +467,7 @@ def with_addresses(desired: Desired, serving: dict[str, str]) -> Desired:
                 hostnames=app.hostnames,
                 replicas=replicas,
                 switching=app.switching,
+                suspended=app.suspended,
             )
         )
     return Desired(apps=tuple(apps), deployments=desired.deployments, apps_routing_soon=desired.apps_routing_soon)

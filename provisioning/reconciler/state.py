@@ -43,6 +43,8 @@ class LiveApp:
     replicas: tuple[ReplicaRow, ...]
     # A deployment of the app is starting: the pipeline owns the route until it is live.
     switching: bool = False
+    # Its tenant is suspended: the edge answers the "suspended" page (its replicas keep running).
+    suspended: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from caddy.routes import app_route
 from caddy.routes import catchall_route
 from caddy.routes import edge_server
 from caddy.routes import route_id
+from caddy.routes import suspended_route
+from caddy.routes import unavailable_route
 
 ADMIN = "http://caddy.test:2019"
 EDGE_LISTEN = "127.0.0.1:8080"
@@ -254,6 +256,23 @@ def test_app_route_needs_hostnames_and_upstreams() -> None:
         app_route(APP, ["hello-acme.localhost"], [])
     with pytest.raises(ValueError, match="lists"):
         app_route(APP, "hello-acme.localhost", ["10.0.0.1:8000"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("build", "status", "words"),
+    [(unavailable_route, 503, "not running"), (suspended_route, 403, "suspended")],
+)
+def test_page_routes_answer_a_page_under_the_apps_own_id(build: Any, status: int, words: str) -> None:
+    app_id = uuid.uuid4()
+    route = build(app_id, ["Shop-Acme.localhost"])
+    assert route["@id"] == app_route(app_id, ["shop-acme.localhost"], ["10.0.0.2:8000"])["@id"]
+    assert route["match"] == [{"host": ["shop-acme.localhost"]}]
+    (handler,) = route["handle"]
+    assert (handler["handler"], handler["status_code"]) == ("static_response", status)
+    assert words in handler["body"]
+    assert handler["headers"]["Cache-Control"] == ["no-store"]  # reactivating must show at once
+    with pytest.raises(ValueError, match="hostname"):
+        build(app_id, ["bad_host"])
 
 
 def test_edge_server_shape() -> None:

@@ -68,7 +68,9 @@ def row(index: int = 0, state: str = "running", **fields: Any) -> ReplicaRow:
     return ReplicaRow(**values)
 
 
-def live(*replicas: ReplicaRow, switching: bool = False, app_id: uuid.UUID = APP_ID) -> LiveApp:
+def live(
+    *replicas: ReplicaRow, switching: bool = False, suspended: bool = False, app_id: uuid.UUID = APP_ID
+) -> LiveApp:
     return LiveApp(
         app_id=app_id,
         tenant_id=TENANT_ID,
@@ -77,6 +79,7 @@ def live(*replicas: ReplicaRow, switching: bool = False, app_id: uuid.UUID = APP
         hostnames=("shop-acme.localhost",),
         replicas=replicas,
         switching=switching,
+        suspended=suspended,
     )
 
 
@@ -287,6 +290,33 @@ def routes_of(app: LiveApp, serving: set[str]) -> dict[str, Any]:
             id="none serves: the 503 page",
         ),
         pytest.param(live(R0, switching=True), set(), {}, [], id="a deploy is switching it: hands off"),
+        pytest.param(
+            live(R0, row(1), suspended=True),
+            {R0.name, row(1).name},
+            routes_of(live(R0, row(1)), {R0.name, row(1).name}),
+            [RouteSet(APP_ID, caddy_routes.suspended_route(APP_ID, ["shop-acme.localhost"]))],
+            id="its tenant is suspended: the suspended page, though replicas serve",
+        ),
+        pytest.param(
+            live(R0, suspended=True),
+            set(),
+            routes_of(live(R0), set()),
+            [RouteSet(APP_ID, caddy_routes.suspended_route(APP_ID, ["shop-acme.localhost"]))],
+            id="suspended and none serves: the suspended page, not the 503 one",
+        ),
+        pytest.param(live(R0, suspended=True), {R0.name}, "same", [], id="suspended page in place: nothing"),
+        pytest.param(
+            live(R0, row(1)),
+            {R0.name, row(1).name},
+            routes_of(live(R0, row(1), suspended=True), set()),
+            [
+                RouteSet(
+                    APP_ID,
+                    caddy_routes.app_route(APP_ID, ["shop-acme.localhost"], ["10.89.0.2:8000", "10.89.0.3:8000"]),
+                )
+            ],
+            id="reactivated: back to its replicas",
+        ),
     ],
 )
 def test_route_decisions(app: LiveApp, serving: set[str], seen_routes: Any, expected: list[Any]):
@@ -487,6 +517,27 @@ def test_the_only_replica_dead_answers_the_503_page_until_it_is_back(fake_podman
     )
     reconcile_pass(now=timezone.now() + timedelta(seconds=2))
     assert len(routes.table[app.public_id]) == 1
+
+
+def test_a_suspended_tenants_app_answers_the_suspended_page_and_keeps_its_replicas(
+    app: App, fake_podman: FakePodman, routes: FakeRoutes
+):
+    live_deployment = go_live(app)
+    addresses = sorted(routes.table[app.public_id])
+    app.tenant.status = "suspended"
+    app.tenant.save(update_fields=["status"])
+
+    reconcile_pass()
+
+    assert routes.raw[caddy_routes.route_id(app.public_id)] == caddy_routes.suspended_route(
+        app.public_id, [app.hostname]
+    )
+    assert all(fake_podman.containers[r.name].running for r in replicas_of(live_deployment))
+
+    app.tenant.status = "active"
+    app.tenant.save(update_fields=["status"])
+    reconcile_pass()
+    assert sorted(routes.table[app.public_id]) == addresses
 
 
 def test_a_caddy_that_lost_its_config_gets_every_route_back(app: App, fake_podman: FakePodman, routes: FakeRoutes):
