@@ -220,15 +220,13 @@ def deployment_create_rollback(*, app: App, target: Deployment) -> Deployment:
     _ensure_may_deploy(app)
     if target.app_id != app.pk:
         raise Unprocessable("rollback.wrong_app", "That deployment belongs to another app.")
-    # `went_live_at`, not the state: a deployment superseded while it was still starting is
-    # `superseded` too, but it never served, so its image was never proven to work. An empty
-    # image_ref means image retention has removed the image.
-    went_live = target.went_live_at is not None
-    if (
-        not target.image_ref
-        or not went_live
-        or target.state not in (Deployment.State.LIVE, Deployment.State.SUPERSEDED)
-    ):
+    # Not the state alone: a deployment superseded while it was still starting is `superseded`
+    # too, but it never served, so its image was never proven to work; only `went_live_at` tells
+    # them apart. An empty image_ref means image retention has removed the image.
+    went_live = target.state == Deployment.State.LIVE or (
+        target.state == Deployment.State.SUPERSEDED and target.went_live_at is not None
+    )
+    if not target.image_ref or not went_live:
         raise Unprocessable(
             "rollback.not_deployable",
             "Only a deployment that went live (its image was built and served) can be rolled back to.",
