@@ -269,7 +269,7 @@ class CaddyClient:
             path = f"{path}/{key}"
 
         server: JsonObject = node
-        for key in ("listen", "automatic_https"):
+        for key in ("listen", "automatic_https", "read_header_timeout", "read_timeout", "idle_timeout"):
             if server.get(key) != desired[key]:
                 method = "PATCH" if key in server else "PUT"
                 if not self._write_if_absent(method, f"{SERVER_PATH}/{key}", desired[key]):

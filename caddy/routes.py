@@ -30,6 +30,16 @@ DIAL_TIMEOUT = "1s"
 # a single-replica app that blipped is back in rotation soon.
 PASSIVE_FAIL_DURATION = "10s"
 
+# Timeouts of the edge server (Go's http.Server underneath). A client must send its request
+# headers within READ_HEADER_TIMEOUT (slowloris), and a keep-alive connection with no request is
+# closed after IDLE_TIMEOUT. READ_TIMEOUT bounds reading the whole request, body included (a
+# trickled upload); Go keeps that deadline on the connection while the response is written, so
+# it is long: a streamed response (SSE) through the edge lasts at most this long before its
+# client reconnects. No write timeout: a response may stream for as long as it needs.
+EDGE_READ_HEADER_TIMEOUT = "10s"
+EDGE_READ_TIMEOUT = "10m"
+EDGE_IDLE_TIMEOUT = "2m"
+
 _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _MAX_HOSTNAME_LENGTH = 253
 
@@ -206,6 +216,10 @@ def edge_server(listen: str, app_routes: list[JsonObject] | None = None) -> Json
         raise ValueError(f"invalid edge listen address {listen!r}: expected host:port or :port")
     return {
         "listen": [listen],
+        # Caddy's durations are strings ("10s"); see EDGE_*_TIMEOUT above for the choice.
+        "read_header_timeout": EDGE_READ_HEADER_TIMEOUT,
+        "read_timeout": EDGE_READ_TIMEOUT,
+        "idle_timeout": EDGE_IDLE_TIMEOUT,
         # The dev edge is plain HTTP on a port; TLS, when wanted, is a separate server.
         "automatic_https": {"disable": True},
         "routes": [*(app_routes or []), catchall_route()],

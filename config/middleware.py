@@ -8,6 +8,8 @@ from django.http import HttpResponse
 
 from core.errors import HTTP_ERROR_CODES
 from core.errors import error_response
+from core.errors import rate_limited_response
+from core.ratelimit import hit
 
 _MESSAGES = {
     404: "Not found.",
@@ -60,3 +62,37 @@ class UploadLimitMiddleware:
                     f"The upload is over the limit of {int(settings.SOURCE_MAX_UPLOAD_BYTES) // (1024 * 1024)} MiB.",
                 )
         return self.get_response(request)
+
+
+# Probes must answer even while a client floods the API.
+_UNLIMITED_PATHS = frozenset({"/api/v1/health", "/api/v1/ready"})
+_BEARER = "bearer "
+_MAX_PREFIX = 16
+
+
+class ApiRateLimitMiddleware:
+    """Requests per minute per API token (by its public prefix, so no DB lookup is spent on a
+    flood), and per client address for requests without a token (the webhooks, the OpenAPI
+    document). Over the limit: 429 `rate_limited` with `Retry-After`. The counters live in the
+    shared cache; without it the limit fails open (core.ratelimit)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith("/api/") and request.path not in _UNLIMITED_PATHS:
+            bucket, limit, who = self._bucket(request)
+            retry_after = hit(bucket, limit=limit)
+            if retry_after is not None:
+                return rate_limited_response(f"Too many requests from this {who}; slow down.", retry_after)
+        return self.get_response(request)
+
+    @staticmethod
+    def _bucket(request: HttpRequest) -> tuple[str, int, str]:
+        header = request.headers.get("Authorization", "")
+        if header[: len(_BEARER)].lower() == _BEARER:
+            prefix = header[len(_BEARER) :].strip().split(".", 1)[0][:_MAX_PREFIX]
+            if prefix.isascii() and prefix.replace("_", "").isalnum():
+                return f"api-token:{prefix}", int(settings.API_RATE_LIMIT_PER_TOKEN), "token"
+        address = str(request.META.get("REMOTE_ADDR") or "unknown")
+        return f"api-addr:{address}", int(settings.API_RATE_LIMIT_PER_ADDRESS), "address"

@@ -46,6 +46,7 @@ MIDDLEWARE = [
     "core.logging.RequestIdMiddleware",
     "core.actor.RequestContextMiddleware",
     "config.middleware.ApiErrorShapeMiddleware",
+    "config.middleware.ApiRateLimitMiddleware",
     "config.middleware.UploadLimitMiddleware",
     "platform_apps.idempotency.IdempotencyMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -256,6 +257,22 @@ WEBHOOK_RATE_LIMIT_PER_MINUTE = env_int("COLTSFOOT_WEBHOOK_RATE_LIMIT", 30)
 # Proxies whose X-Forwarded-For the audit trail believes (addresses, e.g. "127.0.0.1" behind a
 # local reverse proxy). Empty: the source address of every request is its REMOTE_ADDR.
 TRUSTED_PROXIES = env_list("COLTSFOOT_TRUSTED_PROXIES", [])
+# Abuse limits (issue 11). Deploys a tenant may start per sliding hour (the platform's own config
+# re-releases do not count); builds of one tenant that run at once (more wait queued); disk a
+# tenant's images and build dirs may use (MiB, as the collector last measured; 0 = no limit).
+DEPLOY_RATE_PER_HOUR = env_int("COLTSFOOT_DEPLOY_RATE_PER_HOUR", 30)
+MAX_CONCURRENT_BUILDS = env_int("COLTSFOOT_MAX_CONCURRENT_BUILDS", 2)
+TENANT_STORAGE_MB = env_int("COLTSFOOT_TENANT_STORAGE_MB", 5120)
+# Image retention: the images of the last KEEP_RELEASES deployments of an app that went live stay
+# (rollback targets); the collector removes the rest at most every COLLECT_SECONDS. Anything
+# younger than COLLECT_GRACE_SECONDS is left alone (a build may be about to record it).
+KEEP_RELEASES = env_int("COLTSFOOT_KEEP_RELEASES", 5)
+COLLECT_SECONDS = env_int("COLTSFOOT_COLLECT_SECONDS", 300)
+COLLECT_GRACE_SECONDS = env_int("COLTSFOOT_COLLECT_GRACE_SECONDS", 600)
+# API requests per minute per token, and per client address for calls without a token (webhooks,
+# the OpenAPI document). /health and /ready are never limited.
+API_RATE_LIMIT_PER_TOKEN = env_int("COLTSFOOT_API_RATE_LIMIT_PER_TOKEN", 1200)
+API_RATE_LIMIT_PER_ADDRESS = env_int("COLTSFOOT_API_RATE_LIMIT_PER_ADDRESS", 1200)
 # Registries image deploys may pull from (host[:port]); anything else is refused up front.
 IMAGE_ALLOWED_REGISTRIES = env_list("COLTSFOOT_IMAGE_ALLOWED_REGISTRIES", ["docker.io", "ghcr.io", "quay.io"])
 

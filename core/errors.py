@@ -6,6 +6,7 @@ Django can produce is mapped here too, so clients never see a stack trace or a s
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -62,6 +63,31 @@ class Conflict(ApiError):
 
 class Unprocessable(ApiError):
     status = 422
+
+
+class RateLimited(ApiError):
+    """429 `rate_limited`, answered with `Retry-After: <retry_after>` (whole seconds, at least 1)."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int, details: Any = None) -> None:
+        super().__init__("rate_limited", message, details=details)
+        self.retry_after = max(1, int(retry_after))
+
+
+def rate_limited_response(message: str, retry_after: int) -> JsonResponse:
+    response = error_response(429, "rate_limited", message)
+    response["Retry-After"] = str(max(1, int(retry_after)))
+    return response
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body as JSON, or 400 `request.malformed` for any body that does not parse: bad
+    syntax, bad UTF-8, and nesting too deep for the parser (a `RecursionError`, not a ValueError)."""
+    try:
+        return json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ApiError("request.malformed", "The request body is not valid JSON.", status=400) from exc
 
 
 class ErrorDetail(Schema):
@@ -129,7 +155,10 @@ HTTP_ERROR_CODES = {
 
 def install_error_handlers(api: NinjaAPI) -> None:
     def on_api_error(request: HttpRequest, exc: Any) -> HttpResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        if isinstance(exc, RateLimited):
+            response["Retry-After"] = str(exc.retry_after)
+        return response
 
     def on_validation_error(request: HttpRequest, exc: Any) -> HttpResponse:
         return error_response(422, "request.invalid", "The request is invalid.", _validation_details(exc.errors))
@@ -160,7 +189,8 @@ def install_error_handlers(api: NinjaAPI) -> None:
     def on_exception(request: HttpRequest, exc: Any) -> HttpResponse:
         if isinstance(exc, RequestDataTooBig):
             return error_response(413, "request.too_large", "The request body is too large.")
-        if isinstance(exc, TooManyFieldsSent | SuspiciousOperation):
+        if isinstance(exc, TooManyFieldsSent | SuspiciousOperation | RecursionError | UnicodeDecodeError):
+            # RecursionError: a body nested deeper than a parser (Ninja's, Django's) can follow.
             return error_response(400, "request.malformed", "The request is malformed.")
         if isinstance(exc, PermissionDenied):
             return error_response(403, "auth.forbidden", "This token may not do that.")

@@ -330,6 +330,12 @@ def ps_json_argv(key: str, value: str) -> list[str]:
     return ["ps", "--all", "--filter", f"label={key}={value}", "--format", "json"]
 
 
+def images_json_argv(key: str, value: str) -> list[str]:
+    """Every (tagged or dangling, not intermediate) image carrying the label, as JSON."""
+    _check_label(key, value)
+    return ["images", "--filter", f"label={key}={value}", "--format", "json"]
+
+
 def network_ls_json_argv(key: str, value: str) -> list[str]:
     _check_label(key, value)
     return ["network", "ls", "--filter", f"label={key}={value}", "--format", "json"]
@@ -404,6 +410,11 @@ def image_exists_argv(ref: str) -> list[str]:
 def image_inspect_id_argv(ref: str) -> list[str]:
     _check_ref(ref)
     return ["image", "inspect", "--format", "{{.Id}}", ref]
+
+
+def image_inspect_size_argv(ref: str) -> list[str]:
+    _check_ref(ref)
+    return ["image", "inspect", "--format", "{{.Size}}", ref]
 
 
 def image_inspect_config_argv(ref: str) -> list[str]:
@@ -712,6 +723,51 @@ def containers_observe(key: str, value: str) -> list[ObservedContainer]:
     return parse_ps_json(run(ps_json_argv(key, value)))
 
 
+@dataclasses.dataclass(frozen=True)
+class ObservedImage:
+    """One image as `podman images --format json` reports it. `size` is podman's (virtual) size:
+    its layers and every parent's."""
+
+    id: str
+    names: tuple[str, ...]
+    labels: Mapping[str, str]
+    size: int
+    created_at: float
+    containers: int
+
+    @property
+    def ref(self) -> str:
+        """What removes it: its first name, or its id when it has none (dangling)."""
+        return self.names[0] if self.names else self.id
+
+
+def parse_images_json(output: str) -> list[ObservedImage]:
+    """Parse `podman images --format json` (podman 4.3: `Names` a list or absent, `Created` unix seconds)."""
+    entries = json.loads(output or "[]") or []
+    observed = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("Id"), str) or not entry["Id"]:
+            continue
+        names = entry.get("Names") or []
+        labels = entry.get("Labels") or {}
+        observed.append(
+            ObservedImage(
+                id=entry["Id"],
+                names=tuple(str(name) for name in names) if isinstance(names, list) else (),
+                labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+                size=int(_number(entry.get("Size"))),
+                created_at=_number(entry.get("Created")),
+                containers=int(_number(entry.get("Containers"))),
+            )
+        )
+    return observed
+
+
+def images_observe(key: str, value: str) -> list[ObservedImage]:
+    """Every image with the label, in one podman call."""
+    return parse_images_json(run(images_json_argv(key, value)))
+
+
 def networks_with_label(key: str, value: str) -> set[str]:
     """The names of the networks carrying the label, in one podman call."""
     entries = json.loads(run(network_ls_json_argv(key, value)) or "[]") or []
@@ -802,6 +858,14 @@ def image_exists(ref: str) -> bool:
 
 def image_id(ref: str) -> str:
     return run(image_inspect_id_argv(ref)).strip()
+
+
+def image_size(ref: str) -> int:
+    """The image's (virtual) size in bytes; 0 if it does not exist."""
+    try:
+        return int(run(image_inspect_size_argv(ref)).strip() or 0)
+    except PodmanNotFound:
+        return 0
 
 
 def image_command(ref: str) -> list[str]:

@@ -151,13 +151,20 @@ class Deployment(auto_prefetch.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When it became the app's live deployment (its replicas served and the route switched to
+    # them). Only such deployments can be rolled back to, and image retention keeps the last few.
+    went_live_at = models.DateTimeField(null=True, blank=True)
 
     objects: ClassVar[auto_prefetch.Manager[Deployment]] = auto_prefetch.Manager()
 
     class Meta(auto_prefetch.Model.Meta):
         ordering = ["app", "-number"]
         constraints = [models.UniqueConstraint(fields=["app", "number"], name="deployment_number_unique_per_app")]
-        indexes = [models.Index(fields=["app", "state"]), models.Index(fields=["state", "created_at"])]
+        indexes = [
+            models.Index(fields=["app", "state"]),
+            models.Index(fields=["state", "created_at"]),
+            models.Index(fields=["app", "created_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.app.name} #{self.number} ({self.state})"
@@ -311,3 +318,27 @@ class IdempotencyRecord(auto_prefetch.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.status_code or 'in progress'})"
+
+
+class StorageUsage(auto_prefetch.Model):
+    """What a tenant's images and build dirs took on disk when the collector last measured them
+    (`provisioning.reconciler.collector`). The API reads this row to enforce the storage quota,
+    so it never has to ask podman; between two measurements the number is stale by design."""
+
+    tenant = auto_prefetch.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="storage_usage")
+    image_bytes = models.BigIntegerField(default=0)
+    build_bytes = models.BigIntegerField(default=0)
+    measured_at = models.DateTimeField(default=timezone.now)
+
+    objects: ClassVar[auto_prefetch.Manager[StorageUsage]] = auto_prefetch.Manager()
+
+    class Meta(auto_prefetch.Model.Meta):
+        ordering = ["tenant"]
+        indexes = [models.Index(fields=["measured_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.tenant.slug}: {self.total_bytes} bytes"
+
+    @property
+    def total_bytes(self) -> int:
+        return int(self.image_bytes) + int(self.build_bytes)

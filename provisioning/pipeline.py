@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 APP_PORT = 8000
 APP_IMAGE_REPO = "localhost/coltsfoot-app"
 DEPS_IMAGE_REPO = "localhost/coltsfoot-deps"
+# On a built app image: the dependency image it was built FROM.
+DEPS_LABEL = "coltsfoot.deps"
 LOG_MAX_CHARS = 512 * 1024
 PIDS_LIMIT = 256
 HEALTH_POLL_SECONDS = 0.1
@@ -103,7 +105,8 @@ def log_append(deployment: Deployment, text: str, *, secrets: Iterable[str] = ()
         return
     if not text.endswith("\n"):
         text += "\n"
-    chunk = redact(text, secrets)[-LOG_MAX_CHARS:]
+    # A NUL would cut the text column short (and some databases refuse it): keep it visible instead.
+    chunk = redact(text, secrets).replace("\x00", "\\x00")[-LOG_MAX_CHARS:]
     Deployment.objects.filter(pk=deployment.pk).update(log=Right(Concat(F("log"), Value(chunk)), LOG_MAX_CHARS))
 
 
@@ -174,6 +177,28 @@ def deps_image_ref(tenant_id: uuid.UUID, base_image_id: str, files: dict[str, by
     return buildpack.dependency_image(buildpack.dependency_key(files, f"{base_image_id}:tenant={tenant_id}"))
 
 
+# Appended to the install script. Whatever the packages' install steps left running is killed
+# first (`kill -1` spares only the shell itself, PID 1 of the sandbox), so nothing can change /app
+# after the check; then /app/src must not exist yet: the app image copies the source there, and
+# a symlink or file in its place would put the source somewhere else, or nowhere.
+DEPS_DEFECT_EXIT = 86
+_DEPS_GUARD = f"""
+kill -9 -1 2>/dev/null || true
+if [ -L /app ] || [ ! -d /app ] || [ -e {buildpack.APP_DIR} ] || [ -L {buildpack.APP_DIR} ]; then
+  echo "-----> The dependency install created {buildpack.APP_DIR}, where the app's source goes"
+  exit {DEPS_DEFECT_EXIT}
+fi
+"""
+
+
+def _image_defect() -> UserError:
+    return UserError(
+        "build.image_defect",
+        f"Installing the dependencies left something at {buildpack.APP_DIR} (a symlink or a file where the "
+        "app's source goes); check what your packages' install steps write. The deployment log has the output.",
+    )
+
+
 def _install_dependencies(
     deployment: Deployment, spec: buildpack.AppSpec, files: dict[str, bytes], deps_ref: str
 ) -> None:
@@ -199,7 +224,7 @@ def _install_dependencies(
         deployment,
         name=name,
         image=str(settings.BASE_IMAGE),
-        command=buildpack.dependency_install_script(spec),
+        command=buildpack.dependency_install_script(spec) + _DEPS_GUARD,
         role="deps",
         env=env,
         secret_env=secret_env,
@@ -211,6 +236,8 @@ def _install_dependencies(
     try:
         code, output = podman.oneoff_run(sandbox, timeout=float(settings.BUILD_TIMEOUT_SECONDS), remove=False)
         log_append(deployment, output)
+        if code == DEPS_DEFECT_EXIT:
+            raise _image_defect()
         if code != 0:
             raise UserError(
                 "build.dependencies_failed",
@@ -247,12 +274,13 @@ def build(deployment: Deployment) -> Built:
         else:
             _install_dependencies(deployment, spec, files, deps_ref)
         containerfile = deployment.build_dir / "Containerfile"
-        labels = labels_for(deployment, "image")
+        # The dependency image it is built FROM, so the collector knows which ones are in use.
+        labels = {**labels_for(deployment, "image"), DEPS_LABEL: deps_ref}
         # One LABEL instruction: podman turns each --label flag into a layer of its own.
         label_line = "LABEL " + " ".join(f"{key}={value}" for key, value in sorted(labels.items()))
         containerfile.write_text(buildpack.containerfile(deps_ref) + label_line + "\n")
         step(deployment, "Building the app image")
-        output = podman.image_build(str(src), str(containerfile), image_ref)
+        output = _image_build(deployment, src, containerfile, image_ref, deps_ref)
         log_append(deployment, output)
     return Built(
         image_ref=image_ref,
@@ -260,6 +288,41 @@ def build(deployment: Deployment) -> Built:
         web_command=spec.web_command,
         release_command=spec.release_command or "",
     )
+
+
+# podman's words for the filesystem it could not copy the source onto (ENOTDIR, EEXIST, ELOOP).
+_DEFECT_PATTERNS = ("not a directory", "file exists", "too many levels of symbolic links", "symlink")
+_DISK_FULL_PATTERNS = ("no space left on device", "disk quota exceeded")
+
+
+def _image_build(deployment: Deployment, src: Path, containerfile: Path, image_ref: str, deps_ref: str) -> str:
+    """`podman build` of the app image. Our Containerfile only copies the tenant's tree onto the
+    tenant's dependency image, so a build that fails for good was made to fail by one of the two:
+    e.g. a package whose install planted a symlink (or a file) at /app/src in the dependency image.
+    That is the tenant's error, with a code of its own, and the defective dependency image goes so
+    the next deploy installs afresh. A full disk is ours (and may clear up): a transient platform error."""
+    try:
+        return podman.image_build(str(src), str(containerfile), image_ref)
+    except podman.PodmanError as exc:
+        detail = exc.stderr.lower()
+        if exc.transient or any(pattern in detail for pattern in _DISK_FULL_PATTERNS):
+            raise PlatformError(
+                "build.image_failed", "Building the app image failed; retrying.", transient=True
+            ) from exc
+        if exc.returncode is None:
+            raise
+        log_append(deployment, exc.stdout + exc.stderr)
+        logger.warning("app image build failed", extra={**log_context(deployment), "deps_image": deps_ref})
+        try:
+            podman.image_remove(deps_ref)
+        except podman.PodmanError:  # still the parent of an older app image: it goes with that one
+            logger.info("dependency image kept: in use", extra={**log_context(deployment), "deps_image": deps_ref})
+        if any(pattern in detail for pattern in _DEFECT_PATTERNS):
+            raise _image_defect() from exc
+        raise UserError(
+            "build.image_failed",
+            "Building the app image from your source failed; the deployment log has podman's output.",
+        ) from exc
 
 
 def pull(deployment: Deployment) -> Built:

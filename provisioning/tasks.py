@@ -42,6 +42,7 @@ from platform_apps.models import App
 from platform_apps.models import Deployment
 from provisioning import addons
 from provisioning import pipeline
+from provisioning.reconciler import collector
 from provisioning.reconciler import lease as named_lease
 from provisioning.reconciler.runner import reconcile_pass
 
@@ -180,6 +181,32 @@ def deployment_supersede(deployment: Deployment) -> None:
         pipeline.cleanup_build_dir(deployment)
 
 
+# Deployments that build (and so hold a build slot of their tenant); rollbacks and releases reuse
+# an image and pass through `building` in an instant.
+BUILD_KINDS = (Deployment.SourceKind.ARCHIVE, Deployment.SourceKind.GIT, Deployment.SourceKind.IMAGE)
+BUILD_WAIT_MESSAGE = "Waiting for one of this tenant's other builds to finish"
+
+
+def build_slot_claim(deployment: Deployment) -> bool:
+    """queued -> building, if the tenant has fewer than MAX_CONCURRENT_BUILDS builds running.
+    Count and claim share one transaction (IMMEDIATE on SQLite, so two workers cannot both take
+    the last slot); a build that waits stays queued rather than failing, since a busy tenant
+    deserves a slower deploy, not a lost one."""
+    if deployment.source_kind not in BUILD_KINDS:
+        return _transition(deployment, State.QUEUED, State.BUILDING, started_at=timezone.now())
+    with transaction.atomic():
+        building = (
+            Deployment.objects.filter(
+                app__tenant_id=deployment.app.tenant_id, state=State.BUILDING, source_kind__in=BUILD_KINDS
+            )
+            .exclude(pk=deployment.pk)
+            .count()
+        )
+        if building >= int(settings.MAX_CONCURRENT_BUILDS):
+            return False
+        return _transition(deployment, State.QUEUED, State.BUILDING, started_at=timezone.now())
+
+
 def _load(deployment_id: uuid.UUID) -> Deployment | None:
     deployment: Deployment | None = (
         Deployment.objects.select_related("app", "app__tenant").filter(public_id=deployment_id).first()
@@ -222,8 +249,12 @@ def drive(deployment_id: uuid.UUID) -> None:
         deployment_supersede(deployment)
         return
 
-    if deployment.state == State.QUEUED:
-        _transition(deployment, State.QUEUED, State.BUILDING, started_at=timezone.now())
+    if deployment.state == State.QUEUED and not build_slot_claim(deployment):
+        # The tenant's other builds hold every slot: stay queued. The lease is released when this
+        # returns, and the reconciler queues an unclaimed deployment again on its next pass.
+        if BUILD_WAIT_MESSAGE not in deployment.log:
+            pipeline.step(deployment, BUILD_WAIT_MESSAGE)
+        return
     if deployment.state == State.BUILDING:
         built = _built_from_source(deployment)
         _transition(
@@ -253,7 +284,7 @@ def drive(deployment_id: uuid.UUID) -> None:
     if not pipeline.route_switch(deployment, upstreams):
         deployment_supersede(deployment)
         return
-    _transition(deployment, State.STARTING, State.LIVE, finished_at=timezone.now())
+    _transition(deployment, State.STARTING, State.LIVE, finished_at=timezone.now(), went_live_at=timezone.now())
     pipeline.step(deployment, f"Live at {deployment.app.url}")
     pipeline.cleanup_build_dir(deployment)
     pipeline.retire_previous(deployment, drain_seconds=float(settings.RETIRE_DRAIN_SECONDS))
@@ -334,6 +365,24 @@ def app_teardown(self: PlatformTask, app_id: str) -> None:
 
 
 RECONCILE_LEASE = "reconcile"
+# The collector's schedule is a lease that is never released: whoever takes it runs the collector,
+# and nobody can take it again until it expires COLLECT_SECONDS later.
+COLLECT_LEASE = "collect"
+
+
+def collect_if_due(owner: str) -> dict[str, int] | None:
+    """Run the image/secret/build-dir collector if COLLECT_SECONDS have passed since the last run.
+    Its failure is logged, not raised: the reconcile pass it rides on has already done its job."""
+    if not named_lease.lease_acquire(COLLECT_LEASE, owner, settings.COLLECT_SECONDS):
+        return None
+    try:
+        return collector.collect()
+    except Exception as exc:
+        if not is_transient(exc):
+            logger.error("collector run failed", exc_info=exc)
+        else:
+            logger.warning("collector run failed, next time then: %s", type(exc).__name__)
+        return None
 
 
 def _addons_requeue_stalled(stale: datetime) -> int:
@@ -402,6 +451,7 @@ def reconcile(self: PlatformTask) -> dict[str, object]:
     try:
         counts: dict[str, object] = dict(requeue_work())
         report = reconcile_pass()
+        counts["collected"] = collect_if_due(owner)
     finally:
         named_lease.lease_release(RECONCILE_LEASE, owner)
     counts["pass"] = report.as_dict()

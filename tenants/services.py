@@ -16,12 +16,18 @@ from core.queue import enqueue_on_commit
 from tenants.models import ALL_SCOPES
 from tenants.models import ApiToken
 from tenants.models import Tenant
+from tenants.validators import tenant_slug_validator
 
 logger = logging.getLogger(__name__)
 
 
 @transaction.atomic
 def tenant_create(*, slug: str) -> Tenant:
+    tenant_slug_validator(slug)
+    # An older tenant whose slug ends in `-<slug>` already has hostnames that end the way this
+    # tenant's would (`<app>-x-<slug>`): refuse, so nobody gets URLs that read as someone else's.
+    if Tenant.objects.filter(slug__endswith=f"-{slug}").exists():
+        raise Conflict("tenant.slug_ambiguous", f"The slug {slug!r} would make hostnames another tenant already has.")
     tenant = Tenant(slug=slug)
     tenant.full_clean()
     tenant.save()

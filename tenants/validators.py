@@ -15,3 +15,16 @@ dns_label_validator = RegexValidator(
     message="Use 1-30 lower-case letters, digits and hyphens, starting with a letter and not ending with a hyphen.",
     code="invalid_name",
 )
+
+# New tenant slugs have no hyphen, so in `<app>-<tenant>` the last hyphen always separates the two
+# and a hostname names exactly one tenant. (Tenants created before this rule keep their slugs and
+# their URLs; app creation refuses names that would read as another tenant's, see platform_apps.)
+TENANT_SLUG_PATTERN = r"^[a-z][a-z0-9]{0,29}$"
+TENANT_SLUG_RE = re.compile(TENANT_SLUG_PATTERN)
+
+tenant_slug_validator = RegexValidator(
+    TENANT_SLUG_PATTERN,
+    message="Use 1-30 lower-case letters and digits, starting with a letter (no hyphens: the hostname "
+    "<app>-<tenant> must name one tenant only).",
+    code="invalid_slug",
+)

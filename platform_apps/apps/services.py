@@ -37,6 +37,15 @@ def _check_sizing(tenant: Tenant, *, replicas: int | None, memory_mb: int | None
         )
 
 
+def _reads_as_another_tenant(tenant: Tenant, name: str) -> bool:
+    """Whether `<name>-<slug>` could also be read as another tenant's hostname: some other tenant's
+    slug is what follows one of its hyphens (`a-b-c` is tenant `c`'s app `a-b`, and tenant `b-c`'s
+    app `a`). New slugs have no hyphen, so this concerns only tenants from before that rule."""
+    label = f"{name}-{tenant.slug}"
+    tails = [label[index + 1 :] for index, char in enumerate(label) if char == "-"]
+    return Tenant.objects.filter(slug__in=tails).exclude(pk=tenant.pk).exists()
+
+
 @transaction.atomic
 def app_create(*, tenant: Tenant, name: str, replicas: int, memory_mb: int, cpus: float, deploy_branch: str) -> App:
     _check_sizing(tenant, replicas=replicas, memory_mb=memory_mb)
@@ -50,7 +59,7 @@ def app_create(*, tenant: Tenant, name: str, replicas: int, memory_mb: int, cpus
     if App.objects.filter(tenant=tenant, name=name).exists():
         raise Conflict("app.name_taken", f"An app named {name!r} already exists.")
     hostname = App.hostname_for(name, tenant.slug)
-    if App.objects.filter(hostname=hostname).exists():
+    if App.objects.filter(hostname=hostname).exists() or _reads_as_another_tenant(tenant, name):
         raise Conflict("app.hostname_taken", f"The hostname {hostname} is already taken; choose another name.")
     try:
         with transaction.atomic():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 
 from django.db.models import QuerySet
@@ -16,6 +15,7 @@ from core.errors import ApiError
 from core.errors import Unprocessable
 from core.errors import error_responses
 from core.errors import invalid_request
+from core.errors import parse_json
 from core.pagination import paginated
 from platform_apps.access import app_for
 from platform_apps.access import deployment_for
@@ -49,13 +49,6 @@ DEPLOY_BODY = {
 }
 
 
-def _json_body(request: HttpRequest) -> object:
-    try:
-        return json.loads(request.body or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError("request.malformed", "The request body is not valid JSON.", status=400) from exc
-
-
 @router.post(
     "/apps/{app_id}/deployments",
     response={202: DeploymentOut, **ERRORS},
@@ -73,7 +66,7 @@ def deployment_create(request: HttpRequest, app_id: uuid.UUID) -> Status[Deploym
         deployment = services.deployment_create_from_archive(app=app, upload=upload)
     elif content_type == "application/json":
         try:
-            payload = SourceDeployIn.model_validate(_json_body(request))
+            payload = SourceDeployIn.model_validate(parse_json(request.body))
         except PydanticValidationError as exc:
             raise invalid_request(exc) from exc
         deployment = services.deployment_create_from_payload(app=app, payload=payload)

@@ -8,17 +8,20 @@ refusal is an immediate 413/422 and leaves nothing behind.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from audit import actions
 from audit.services import ACCEPTED
@@ -26,6 +29,7 @@ from audit.services import Detail
 from audit.services import audit_record
 from core.errors import ApiError
 from core.errors import Conflict
+from core.errors import RateLimited
 from core.errors import Unprocessable
 from core.faults import DeployError
 from core.faults import SourceRejected
@@ -37,6 +41,7 @@ from drivers.archive import extract_source
 from platform_apps.deployments.schemas import SourceDeployIn
 from platform_apps.models import App
 from platform_apps.models import Deployment
+from platform_apps.models import StorageUsage
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,65 @@ def _next_number(app: App) -> int:
 def _ensure_deployable(app: App) -> None:
     if app.state != App.State.ACTIVE:
         raise Conflict("app.deleting", "This app is being deleted.")
+
+
+# What a tenant asks for counts against its deploy rate; the platform's own re-releases (config
+# changes, scaling, add-ons attached) do not, since the tenant's deploy did not make them.
+TENANT_DEPLOY_KINDS = (
+    Deployment.SourceKind.ARCHIVE,
+    Deployment.SourceKind.GIT,
+    Deployment.SourceKind.IMAGE,
+    Deployment.SourceKind.ROLLBACK,
+)
+DEPLOY_RATE_WINDOW = timedelta(hours=1)
+
+
+def _check_deploy_rate(app: App) -> None:
+    """At most DEPLOY_RATE_PER_HOUR deploys per tenant in any sliding hour, counted from the rows
+    themselves (so it holds without the cache, and across API processes)."""
+    limit = int(settings.DEPLOY_RATE_PER_HOUR)
+    since = timezone.now() - DEPLOY_RATE_WINDOW
+    recent = (
+        Deployment.objects.filter(app__tenant_id=app.tenant_id, source_kind__in=TENANT_DEPLOY_KINDS)
+        .filter(created_at__gte=since)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)
+    )
+    times = list(recent[:limit])
+    if len(times) < limit:
+        return
+    # The window has room again once the oldest of the last `limit` deploys leaves it.
+    retry_after = math.ceil((times[-1] + DEPLOY_RATE_WINDOW - timezone.now()).total_seconds())
+    raise RateLimited(
+        f"This tenant may deploy at most {limit} times per hour; try again in {max(1, retry_after)} s.",
+        retry_after=retry_after,
+        details={"limit_per_hour": limit},
+    )
+
+
+def _check_storage(app: App) -> None:
+    """Refuse new deploys while the tenant's images and build dirs are over its storage quota, as
+    the collector last measured them (the API never asks podman). Removing old apps, or the
+    collector removing images retention no longer keeps, brings it back under."""
+    limit_mb = int(settings.TENANT_STORAGE_MB)
+    usage: StorageUsage | None = StorageUsage.objects.filter(tenant_id=app.tenant_id).first()
+    if usage is None or limit_mb <= 0:
+        return
+    used_mb = usage.total_bytes / (1024 * 1024)
+    if used_mb >= limit_mb:
+        raise Conflict(
+            "quota.storage_exceeded",
+            f"This tenant's images and builds use {used_mb:.0f} MiB of its {limit_mb} MiB; delete apps or wait "
+            "until superseded images are collected, then deploy again.",
+            details={"used_mb": round(used_mb), "limit_mb": limit_mb, "measured_at": usage.measured_at.isoformat()},
+        )
+
+
+def _ensure_may_deploy(app: App) -> None:
+    """Everything a tenant's deploy must pass before any work (an upload's intake included)."""
+    _ensure_deployable(app)
+    _check_deploy_rate(app)
+    _check_storage(app)
 
 
 def _log_created(deployment: Deployment) -> None:
@@ -97,7 +161,7 @@ def _insert(app: App, *, audit: Audit | None, **fields: object) -> Deployment:
 
 
 def deployment_create_from_archive(*, app: App, upload: UploadedFile[bytes], audit: Audit = DEPLOY) -> Deployment:
-    _ensure_deployable(app)
+    _ensure_may_deploy(app)
     public_id = uuid.uuid4()
     build_dir = Path(settings.BUILD_ROOT) / str(public_id)
     src = build_dir / SOURCE_DIR
@@ -128,19 +192,29 @@ def deployment_create_from_archive(*, app: App, upload: UploadedFile[bytes], aud
         raise
 
 
-def _registry_of(image: str) -> str:
+def _registry_of(image: str) -> str | None:
+    """The registry a fully qualified reference names (`ghcr.io/you/app:1`, `localhost:5000/x`),
+    or None for a short name (`fedora`, `library/python`): podman resolves those through its
+    registries.conf aliases and search list, which may pull from somewhere the allow-list never
+    named, so they are refused rather than guessed."""
     first, _, rest = image.partition("/")
     if rest and ("." in first or ":" in first or first == "localhost"):
         return first
-    return "docker.io"
+    return None
 
 
 def deployment_create_from_payload(*, app: App, payload: SourceDeployIn, audit: Audit = DEPLOY) -> Deployment:
     """An image or git deploy. Both are checked against the platform's allow-lists here, so a
     tenant cannot make the platform fetch from an internal address."""
-    _ensure_deployable(app)
+    _ensure_may_deploy(app)
     if payload.image is not None:
         registry = _registry_of(payload.image)
+        if registry is None:
+            raise Unprocessable(
+                "source.image_not_qualified",
+                "Name the image with its registry, e.g. docker.io/library/python:3.13 rather than python:3.13.",
+                details={"allowed_registries": list(settings.IMAGE_ALLOWED_REGISTRIES)},
+            )
         if registry not in settings.IMAGE_ALLOWED_REGISTRIES:
             raise Unprocessable(
                 "source.registry_not_allowed",
@@ -175,10 +249,16 @@ def git_validate(url: str, ref: str) -> str:
 
 
 def deployment_create_rollback(*, app: App, target: Deployment) -> Deployment:
-    _ensure_deployable(app)
+    _ensure_may_deploy(app)
     if target.app_id != app.pk:
         raise Unprocessable("rollback.wrong_app", "That deployment belongs to another app.")
-    if not target.image_ref or target.state not in (Deployment.State.LIVE, Deployment.State.SUPERSEDED):
+    # Not the state alone: a deployment superseded while it was still starting is `superseded`
+    # too, but it never served, so its image was never proven to work; only `went_live_at` tells
+    # them apart. An empty image_ref means image retention has removed the image.
+    went_live = target.state == Deployment.State.LIVE or (
+        target.state == Deployment.State.SUPERSEDED and target.went_live_at is not None
+    )
+    if not target.image_ref or not went_live:
         raise Unprocessable(
             "rollback.not_deployable",
             "Only a deployment that went live (its image was built and served) can be rolled back to.",

@@ -24,6 +24,7 @@ from core.errors import Forbidden
 from core.errors import error_response
 from core.errors import error_responses
 from core.errors import invalid_request
+from core.errors import parse_json
 from core.ratelimit import hit
 from platform_apps.access import app_for
 from platform_apps.access import bind_app
@@ -35,6 +36,8 @@ from platform_apps.models import Deployment
 from platform_apps.webhooks import services
 from platform_apps.webhooks import signatures
 from platform_apps.webhooks.schemas import WebhookSecretOut
+from tenants.auth import request_token
+from tenants.auth import require_scope
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +49,14 @@ ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429)
 @router.post(
     "/apps/{app_id}/webhook-secret",
     response={200: WebhookSecretOut, **ERRORS},
-    summary="Create or rotate the app's webhook secret (shown only in this response)",
+    summary="Create or rotate the app's webhook secret (shown only in this response); needs apps:write and deploy",
     operation_id="platform_apps_webhooks_api_webhook_secret_rotate",
 )
 def webhook_secret_rotate(request: HttpRequest, app_id: uuid.UUID) -> dict[str, str]:
     app = app_for(request, app_id, scope="apps:write")
+    # Whoever holds the secret can deploy any code through the webhook: rotating it is a deploy
+    # power too, so an `apps:write` token without `deploy` cannot borrow it this way.
+    require_scope(request_token(request), "deploy")
     return {"secret": services.webhook_secret_rotate(app=app), "webhook_url": app.webhook_url}
 
 
@@ -83,7 +89,7 @@ def _create_from_body(app: App, request: HttpRequest, body: bytes, audit: deploy
         return deployments.deployment_create_from_archive(app=app, upload=upload, audit=audit)
     if content_type == "application/json":
         try:
-            payload = SourceDeployIn.model_validate_json(body)
+            payload = SourceDeployIn.model_validate(parse_json(body))
         except PydanticValidationError as exc:
             raise invalid_request(exc, 'Send {"image": "..."} or {"git": {"url": "...", "ref": "..."}}.') from exc
         return deployments.deployment_create_from_payload(app=app, payload=payload, audit=audit)
@@ -103,17 +109,15 @@ def webhook_deploy(request: HttpRequest, app_id: uuid.UUID) -> Status[Deployment
         raise _unauthorized()
     # No token here: the app (found by its id, authenticated below by the signature) binds the context.
     bind_app(app)
-    # Refused calls have a bucket of their own: anyone who knows the URL can send garbage, and
-    # that must not use up the budget of the CI pipeline holding the real secret.
-    retry_after = hit(
-        f"webhook-refused:{app.public_id}", limit=10 * int(settings.WEBHOOK_RATE_LIMIT_PER_MINUTE), count=False
-    )
-    if retry_after is not None:
-        return _too_many(retry_after)
     body = _read_body(request)
     secret = crypto.decrypt(app.webhook_secret_encrypted).encode()
     headers = request.headers
+    refused_bucket = f"webhook-refused:{app.public_id}"
+    refused_limit = 10 * int(settings.WEBHOOK_RATE_LIMIT_PER_MINUTE)
     github: signatures.GithubDelivery | None = None
+    # The signature is checked before any limit on refused calls: anyone who knows the URL can
+    # send garbage, and that must never lock out the CI pipeline that holds the real secret. Only
+    # calls that fail the check count in (and are throttled by) the refused bucket.
     try:
         if signatures.GITHUB_SIGNATURE_HEADER in headers:
             github = signatures.verify_github(secret, headers, body)
@@ -126,7 +130,9 @@ def webhook_deploy(request: HttpRequest, app_id: uuid.UUID) -> Status[Deployment
             signature = headers[signatures.SIGNATURE_HEADER]
     except signatures.WebhookRejected as exc:
         logger.info("webhook refused", extra={"reason": exc.reason})
-        hit(f"webhook-refused:{app.public_id}", limit=10 * int(settings.WEBHOOK_RATE_LIMIT_PER_MINUTE))
+        retry_after = hit(refused_bucket, limit=refused_limit)
+        if retry_after is not None:
+            return _too_many(retry_after)
         raise _unauthorized() from exc
     retry_after = hit(f"webhook:{app.public_id}", limit=int(settings.WEBHOOK_RATE_LIMIT_PER_MINUTE))
     if retry_after is not None:

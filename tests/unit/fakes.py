@@ -35,6 +35,11 @@ from tenants.models import Tenant
 from tenants.services import tenant_create
 
 BASE_IMAGE_ID = "sha256:" + "b" * 64
+MIB = 1024 * 1024
+BASE_SIZE = 100 * MIB
+DEPS_LAYER = 50 * MIB  # what installing the dependencies adds to the base
+APP_LAYER = 1 * MIB  # what copying the source adds to the dependency image
+PULLED_SIZE = 80 * MIB
 WEB = "gunicorn --bind 0.0.0.0:$PORT app:app"
 REQUIREMENTS = "flask==3.1.0\ngunicorn==23.0.0\n"
 
@@ -82,6 +87,10 @@ class FakePodman:
         self.removed: list[FakeContainer] = []
         self.started: list[str] = []  # every container name ever started detached
         self.images: dict[str, str] = {str(settings.BASE_IMAGE): BASE_IMAGE_ID}
+        # Per image id, what `podman images` reports: labels, size, creation time.
+        self.image_labels: dict[str, dict[str, str]] = {BASE_IMAGE_ID: {}}
+        self.image_sizes: dict[str, int] = {BASE_IMAGE_ID: BASE_SIZE}
+        self.image_created: dict[str, float] = {BASE_IMAGE_ID: time.time()}
         self.parents: dict[str, str] = {}  # app image -> the image its Containerfile is FROM
         self.builds: list[str] = []  # tags made by `podman build`
         self.oneoffs: list[podman.ContainerSpec] = []
@@ -125,6 +134,14 @@ class FakePodman:
     def _new_id(self) -> str:
         return f"sha256:{next(self._ids):064x}"
 
+    def _add_image(self, ref: str, *, labels: dict[str, str], size: int) -> str:
+        image_id = self._new_id()
+        self.images[ref] = image_id
+        self.image_labels[image_id] = labels
+        self.image_sizes[image_id] = size
+        self.image_created[image_id] = time.time()
+        return image_id
+
     # -- drivers.podman operations ----------------------------------------------------
 
     def network_ensure(self, name: str, labels: Any = None) -> None:
@@ -155,13 +172,20 @@ class FakePodman:
         assert Path(context_dir).is_dir()
         self.builds.append(tag)
         self.parents[tag] = parent
-        self.images[tag] = self._new_id()
+        # Like podman: the parent's labels, then the Containerfile's LABEL line over them.
+        labels = dict(self.image_labels.get(self.images[parent], {}))
+        for line in lines:
+            if line.startswith("LABEL "):
+                labels.update(dict(pair.split("=", 1) for pair in line.removeprefix("LABEL ").split()))
+        self._add_image(tag, labels=labels, size=self.image_sizes[self.images[parent]] + APP_LAYER)
         return f"STEP 1/5: FROM {parent}\nCOMMIT {tag}\n"
 
     def image_commit(self, container: str, tag: str, *, changes: Any = (), timeout: float | None = None) -> str:
         assert container in self.containers, f"commit of a container that does not exist: {container}"
-        self.images[tag] = self._new_id()
-        return self.images[tag]
+        spec = self.containers[container].spec
+        # A committed container's labels become the image's.
+        size = self.image_sizes.get(self.images.get(spec.image, ""), BASE_SIZE) + DEPS_LAYER
+        return self._add_image(tag, labels=dict(spec.labels), size=size)
 
     def image_remove(self, ref: str) -> None:
         # Like `podman rmi` without --force: an image a container still uses cannot go.
@@ -169,15 +193,45 @@ class FakePodman:
             raise podman.PodmanError(
                 "image in use", argv=[], returncode=2, stderr="Error: image is in use by a container", transient=False
             )
+        if any(parent == ref and child in self.images for child, parent in self.parents.items()):
+            raise podman.PodmanError(
+                "image has children",
+                argv=[],
+                returncode=2,
+                stderr="Error: image has dependent child images",
+                transient=False,
+            )
         self.images.pop(ref, None)
 
     def image_pull(self, ref: str, tls_verify: bool = True, *, timeout: float | None = None) -> str:
         self._maybe_fail("image_pull", ref)
-        self.images.setdefault(ref, self._new_id())
+        if ref not in self.images:
+            self._add_image(ref, labels={}, size=PULLED_SIZE)
         return self.images[ref]
 
     def image_tag(self, ref: str, new_ref: str) -> None:
         self.images[new_ref] = self.images[ref]
+
+    def image_size(self, ref: str) -> int:
+        return self.image_sizes.get(self.images.get(ref, ""), 0)
+
+    def images_observe(self, key: str, value: str) -> list[podman.ObservedImage]:
+        """`podman images --filter label=...`: one entry per image id, with all its names."""
+        names: dict[str, list[str]] = {}
+        for ref, image_id in self.images.items():
+            names.setdefault(image_id, []).append(ref)
+        return [
+            podman.ObservedImage(
+                id=image_id,
+                names=tuple(refs),
+                labels=dict(self.image_labels.get(image_id, {})),
+                size=self.image_sizes.get(image_id, 0),
+                created_at=self.image_created.get(image_id, 0.0),
+                containers=sum(1 for c in self.containers.values() if self.images.get(c.spec.image) == image_id),
+            )
+            for image_id, refs in names.items()
+            if self.image_labels.get(image_id, {}).get(key) == value
+        ]
 
     def image_command(self, ref: str) -> list[str]:
         return ["python", "-m", "http.server", "8000"]

@@ -56,11 +56,24 @@ def test_duplicate_name_is_409(owner: Actor):
     assert response.json()["error"]["code"] == "app.name_taken"
 
 
+def _legacy_actor(slug: str) -> Actor:
+    """A tenant from before slugs lost their hyphens (issue 11): made as the old code made it."""
+    from django.test import Client
+
+    from tenants.models import Tenant
+    from tenants.services import token_create_initial
+
+    tenant = Tenant.objects.create(slug=slug)
+    _token, plaintext = token_create_initial(tenant=tenant, name="test")
+    return Actor(tenant=tenant, token=plaintext, client=Client())
+
+
 def test_ambiguous_hostname_across_tenants_is_409(make_actor: Any):
-    # "a-b" + tenant "c" and "a" + tenant "b-c" would both be a-b-c.<domain>.
+    # "a-b" + tenant "c" and "a" + tenant "b-c" would both be a-b-c.<domain>. Issue 11: new slugs
+    # cannot have a hyphen, so "b-c" is a tenant from before that rule.
     first = make_actor("c")
-    second = make_actor("b-c")
     assert first.call("POST", "/apps", {"name": "a-b"}).status_code == 201
+    second = _legacy_actor("b-c")
     response = second.call("POST", "/apps", {"name": "a"})
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "app.hostname_taken"
@@ -165,3 +178,42 @@ def test_ready_is_503_and_names_the_dependency_that_is_down(db: None, client: An
         response = client.get("/api/v1/ready")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "checks": {"database": True, "broker": True, "caddy": False}}
+
+
+def test_legacy_tenant_keeps_its_url_shape_and_cannot_read_as_another_tenant(make_actor: Any):
+    legacy = _legacy_actor("b-c")
+    created = legacy.call("POST", "/apps", {"name": "shop"})
+    assert created.status_code == 201
+    assert created.json()["url"].startswith("http://shop-b-c.")
+    # Once a tenant "c" exists too (both from before the rule), b-c's next app a (a-b-c) would read
+    # as c's app a-b, and c's app x-b (x-b-c) as b-c's app x: both are refused.
+    other = _legacy_actor("c")
+    for actor, name in ((legacy, "a"), (other, "x-b")):
+        response = actor.call("POST", "/apps", {"name": name})
+        assert response.status_code == 409
+        assert response.json()["error"]["code"] == "app.hostname_taken"
+
+
+def test_new_tenant_cannot_squat_a_legacy_tenants_hostnames(make_actor: Any):
+    from core.errors import Conflict
+    from tenants.services import tenant_create
+
+    legacy = _legacy_actor("b-c")
+    assert legacy.call("POST", "/apps", {"name": "x"}).status_code == 201
+    # Tenant "c" would own every <app>-c, and x-b-c (the legacy tenant's) reads as its app "x-b".
+    with pytest.raises(Conflict) as refused:
+        tenant_create(slug="c")
+    assert refused.value.code == "tenant.slug_ambiguous"
+    # Tenant "b" is fine: x-c-b is not a legacy hostname, and the legacy tenant's all end "-b-c".
+    newcomer = make_actor("b")
+    assert newcomer.call("POST", "/apps", {"name": "x-c"}).status_code == 201
+
+
+@pytest.mark.parametrize("slug", ["a-b", "acme-corp", "-a", "Acme", "1abc"])
+def test_new_tenant_slugs_have_no_hyphen(db: None, slug: str):
+    from django.core.exceptions import ValidationError
+
+    from tenants.services import tenant_create
+
+    with pytest.raises(ValidationError):
+        tenant_create(slug=slug)

@@ -576,3 +576,29 @@ def test_from_settings(settings: Any) -> None:
     assert str(client._http.base_url) == "http://127.0.0.1:2999"
     assert client._http.timeout.connect == 1.5
     assert client._edge_listen == "127.0.0.1:9999"
+
+
+def test_edge_server_times_out_slow_and_idle_clients_but_not_streams() -> None:
+    server = edge_server("127.0.0.1:8080")
+    # Headers within 10 s (slowloris), idle keep-alive connections closed after 2 min, a whole
+    # request (a trickled body) within 10 min; no write timeout, so a response may stream.
+    assert server["read_header_timeout"] == "10s"
+    assert server["idle_timeout"] == "2m"
+    assert server["read_timeout"] == "10m"
+    assert "write_timeout" not in server
+    json.dumps(server)  # what goes to Caddy's admin API
+
+
+def test_edge_ensure_adds_the_timeouts_to_an_edge_from_before_them(client: CaddyClient, fake: Any) -> None:
+    config = edge_config(app_route(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"]))
+    server = config["apps"]["http"]["servers"][EDGE_SERVER_NAME]
+    for key in ("read_header_timeout", "read_timeout", "idle_timeout"):
+        server.pop(key, None)  # a Caddy configured by the previous version
+    caddy = fake(config)
+
+    client.edge_ensure()
+
+    ensured = caddy.config["apps"]["http"]["servers"][EDGE_SERVER_NAME]
+    assert ensured["read_header_timeout"] == "10s"
+    assert ensured["idle_timeout"] == "2m"
+    assert caddy.route_ids() == [route_id(APP), CATCHALL_ROUTE_ID]  # app routes untouched

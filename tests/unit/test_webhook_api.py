@@ -463,7 +463,7 @@ def test_image_from_an_unlisted_registry_is_422(app: dict[str, Any], secret: str
     ("body", "content_type", "status"),
     [
         (b'{"image": "docker.io/library/python:3.13", "extra": 1}', "application/json", 422),
-        (b"not json", "application/json", 422),
+        (b"not json", "application/json", 400),  # issue 11: every parse failure is 400 request.malformed
         (b"web: python app.py", "text/plain", 415),
         (b"this is not a gzip stream", "application/gzip", 422),
     ],
@@ -625,3 +625,38 @@ def test_app_being_deleted_takes_no_webhook_deploys(owner: Actor, app: dict[str,
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "app.deleting"
     assert_nothing_created()
+
+
+# --- issue 11: the lockout repro, and who may rotate the secret -------------------------------
+
+
+def test_refused_calls_cannot_lock_out_the_signed_call(app: dict[str, Any], secret: str, settings: Any):
+    # The repro: enough unsigned calls in one minute to fill the refused-calls bucket (10x the
+    # limit), then the real CI's correctly signed call.
+    settings.WEBHOOK_RATE_LIMIT_PER_MINUTE = 3
+    frozen = (int(time.time()) // 60) * 60 + 30
+    with mock.patch("core.ratelimit.time", autospec=True) as clock:
+        clock.time.return_value = frozen
+        body = image_body()
+        answers = [hook(app["id"], body, generic_headers("whsec_guess", body)).status_code for _ in range(31)]
+        assert answers[:30] == [401] * 30
+        assert answers[30] == 429  # only the refused calls are throttled
+        signed = hook(app["id"], body, generic_headers(secret, body))
+    assert signed.status_code == 202, signed.content
+    assert Deployment.objects.count() == 1
+
+
+def test_apps_write_token_cannot_rotate_the_webhook_secret(owner: Actor, app: dict[str, Any], secret: str):
+    minted = owner.call("POST", "/tokens", {"name": "writer", "scopes": ["apps:read", "apps:write"]}).json()
+    writer = Actor(owner.tenant, minted["token"], owner.client)
+    response = writer.call("POST", f"/apps/{app['id']}/webhook-secret")
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "auth.insufficient_scope"
+    assert response.json()["error"]["details"] == {"required": ["deploy"]}
+    # The CI's secret still works: nothing was rotated.
+    body = image_body()
+    assert hook(app["id"], body, generic_headers(secret, body)).status_code == 202
+
+    both = owner.call("POST", "/tokens", {"name": "both", "scopes": ["apps:write", "deploy"]}).json()
+    rotator = Actor(owner.tenant, both["token"], owner.client)
+    assert rotator.call("POST", f"/apps/{app['id']}/webhook-secret").status_code == 200

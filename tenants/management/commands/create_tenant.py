@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand
 from django.core.management.base import CommandError
 from django.db import transaction
 
+from core.errors import ApiError
 from core.logging import bind
 from tenants.models import Tenant
 from tenants.services import tenant_create
@@ -19,7 +20,9 @@ class Command(BaseCommand):
     help = 'Create a tenant and print {"tenant_id": ..., "token": ...}; the token has every scope and is shown once.'
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("slug", help="DNS label: lower-case letters, digits and hyphens, 1-30 characters.")
+        parser.add_argument(
+            "slug", help="Lower-case letters and digits, starting with a letter, 1-30 characters (no hyphens)."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         slug: str = options["slug"]
@@ -32,4 +35,6 @@ class Command(BaseCommand):
                 _token, plaintext = token_create_initial(tenant=tenant, name="initial")
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
+        except ApiError as exc:
+            raise CommandError(exc.message) from exc
         self.stdout.write(json.dumps({"tenant_id": str(tenant.public_id), "token": plaintext}))
