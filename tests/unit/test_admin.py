@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from conftest import Actor
 from core import crypto
@@ -59,9 +60,10 @@ def _deployment(app: App, number: int, state: str, **fields: Any) -> Deployment:
 
 
 def live_app(app: App, *, replica_states: tuple[str, ...] = ("running", "running")) -> Deployment:
-    """Give `app` the history an operator sees: #1 superseded, #2 live with replicas, #3 failed."""
-    _deployment(app, 1, Deployment.State.SUPERSEDED)
-    live = _deployment(app, 2, Deployment.State.LIVE, log="-----> Build\n-----> Live\n")
+    """Give `app` the history an operator sees: #1 superseded (after it was live), #2 live with replicas,
+    #3 failed."""
+    _deployment(app, 1, Deployment.State.SUPERSEDED, went_live_at=timezone.now())
+    live = _deployment(app, 2, Deployment.State.LIVE, log="-----> Build\n-----> Live\n", went_live_at=timezone.now())
     for index, state in enumerate(replica_states):
         Replica.objects.create(
             deployment=live,
