@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from types import FrameType
@@ -186,28 +187,34 @@ class Tail:
         if handle is None:
             return [], False
         data = handle.read(READ_BYTES)
+        records: list[Record] = []
         if data:
             self.position += len(data)
             lines, advanced = self.reader.feed(data)
             records = [Record(ts, text, cut) for ts, text, cut in lines]
             self.offset += advanced
-            return records, len(data) == READ_BYTES
-        # At the end of what this descriptor sees: has conmon moved on to a new file, or truncated this one?
+            if len(data) == READ_BYTES:
+                return records, True
+        return records, self._moved_on(handle)
+
+    def _moved_on(self, handle: BinaryIO) -> bool:
+        """At the end of what this descriptor sees: has conmon moved on to a new file at the path (then open it),
+        or truncated this one (then read it again from the start)? True if there is something new to read."""
         try:
             current = os.stat(self.path)
         except FileNotFoundError:
-            return [], False  # the container is being removed: what was left has been read
+            return False  # the container is being removed: what was left has been read
         if current.st_ino != self.inode:
             handle.close()
             self.file = None
             self._open()
-            return [], True
+            return True
         if current.st_size < self.position:
             handle.seek(0)
             self.reader = K8sFileReader(self.reader.max_line_bytes)
             self.offset = self.position = 0
-            return [], True
-        return [], False
+            return True
+        return False
 
     def close(self) -> None:
         if self.file is not None:
@@ -239,7 +246,11 @@ class Collector:
         now = self.clock()
         if cached is not None and now - cached[0] < SECRETS_TTL_SECONDS:
             return cached[1]
-        app = App.objects.select_related("tenant").filter(public_id=app_id).first()
+        try:
+            public_id = uuid.UUID(app_id)
+        except ValueError:
+            return ()
+        app = App.objects.select_related("tenant").filter(public_id=public_id).first()
         values = tuple(resolve_for_runtime(app).secrets.values()) if app is not None else ()
         self._secrets[app_id] = (now, values)
         return values
@@ -274,7 +285,7 @@ class Collector:
             records, again = tail.read()
             more = more or again
             self._append(tail, records)
-            if tail.gone and not again and not records:
+            if tail.gone and not again:
                 tail.close()
                 del self.tails[container_id]
                 self.store.offset_forget([container_id])
