@@ -34,6 +34,7 @@ import redis
 
 from devstack.services import Platform
 from devstack.stack import isolated_stack
+from drivers import logstore
 from tests.integration.helpers import hello_archive
 
 logger = logging.getLogger("bench.logs")
@@ -98,8 +99,12 @@ def run(platform: Platform, lines: int, streams: int) -> dict[str, Any]:
     deployment = client.post(f"/apps/{app['id']}/deployments", files=files).json()
     logger.info("deploying the bench app")
     wait_live(client, deployment["id"])
-    store = redis.Redis.from_url(platform.redis.url, decode_responses=True)
-    key = f"coltsfoot:{platform.instance_id}:logs:app:{app['id']}"
+    store = logstore.LogStore(
+        redis.Redis.from_url(platform.redis.url, decode_responses=True),
+        prefix=f"coltsfoot:{platform.instance_id}:logs",
+        max_lines=0,
+        max_bytes=0,
+    )
     last = f"{lines - 1:06d} "
 
     # (a) throughput
@@ -108,8 +113,8 @@ def run(platform: Platform, lines: int, streams: int) -> dict[str, Any]:
     printed.raise_for_status()
     printed_at = time.perf_counter()
     while True:
-        newest = store.xrevrange(key, "+", "-", count=1)
-        if newest and newest[0][1]["l"].startswith(last):
+        newest = store.read(app["id"], lines=1).items
+        if newest and newest[0].line.startswith(last):
             break
         if time.perf_counter() - started > 300:
             raise RuntimeError("the flood was not collected within 300 s")

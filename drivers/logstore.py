@@ -341,7 +341,7 @@ class AsyncFollower:
     blocked XREAD holds its connection, so followers cannot share one)."""
 
     def __init__(self, url: str, key: str) -> None:
-        self.client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2)
+        self.client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=10)
         self.key = key
 
     async def after(self, cursor: str, *, block_ms: int, count: int = READ_CHUNK) -> list[Entry]:

@@ -29,6 +29,7 @@ from drivers import logstore
 logger = logging.getLogger(__name__)
 
 RETRY_MS = 2000
+UNAVAILABLE_TRIES = 10
 
 
 def wants_stream(request: HttpRequest, follow: bool) -> bool:
@@ -73,6 +74,7 @@ async def events(
     deadline = loop.time() + float(settings.LOG_STREAM_MAX_SECONDS)
     heartbeat = float(settings.LOG_HEARTBEAT_SECONDS)
     follower = logstore.follower(app_id)
+    failures = 0
     try:
         while True:
             remaining = deadline - loop.time()
@@ -82,10 +84,17 @@ async def events(
             block_ms = max(1, int(min(heartbeat, remaining) * 1000))
             try:
                 batch = await follower.after(cursor, block_ms=block_ms)
+                failures = 0
             except logstore.LogStoreError:
-                logger.warning("follow stream: log store unavailable; ending the stream", exc_info=True)
-                yield end_event(reason="unavailable")
-                return
+                # A blip (a reconnect, a slow connect on a loaded host) costs nothing: the cursor says where
+                # to go on. Only a store that stays away ends the stream (the client reconnects later).
+                failures += 1
+                logger.warning("follow stream: log store unavailable (%d)", failures, exc_info=True)
+                if failures >= UNAVAILABLE_TRIES:
+                    yield end_event(reason="unavailable")
+                    return
+                await asyncio.sleep(1.0)
+                continue
             if not batch:
                 yield ": keepalive\n\n"
                 continue
