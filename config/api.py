@@ -17,6 +17,7 @@ from platform_apps.apps.api import router as apps_router
 from platform_apps.audit.api import router as audit_router
 from platform_apps.config.api import router as config_router
 from platform_apps.deployments.api import router as deployments_router
+from platform_apps.logs.api import router as logs_router
 from platform_apps.webhooks.api import router as webhooks_router
 from tenants.api import router as tokens_router
 from tenants.auth import TokenAuth
@@ -105,5 +106,6 @@ api.add_router("/", config_router)
 api.add_router("/", addons_router)
 api.add_router("/", webhooks_router)
 api.add_router("/", audit_router)
+api.add_router("/", logs_router)
 
 __all__ = ["api", "error_response"]

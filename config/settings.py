@@ -217,6 +217,20 @@ ORPHAN_GRACE_SECONDS = env_int("COLTSFOOT_ORPHAN_GRACE_SECONDS", 60)
 # down when it was enqueued) is queued again by the reconciler.
 OUTBOX_SECONDS = env_int("COLTSFOOT_OUTBOX_SECONDS", 5)
 
+# Tenant app logs (drivers/logstore.py): one Redis stream per app, kept within both bounds.
+LOG_REDIS_URL = env_str("COLTSFOOT_LOG_REDIS_URL", REDIS_URL)
+LOG_KEY_PREFIX = f"coltsfoot:{INSTANCE_ID}:logs"
+LOG_MAX_LINES = env_int("COLTSFOOT_LOG_MAX_LINES", 10_000)
+LOG_MAX_BYTES = env_int("COLTSFOOT_LOG_MAX_BYTES", 10 * 1024 * 1024)
+LOG_MAX_LINE_BYTES = env_int("COLTSFOOT_LOG_MAX_LINE_BYTES", 8192)
+# The collector looks for new containers this often and reads their output this often.
+LOG_DISCOVER_SECONDS = float(env_str("COLTSFOOT_LOG_DISCOVER_SECONDS", "1"))
+LOG_POLL_SECONDS = float(env_str("COLTSFOOT_LOG_POLL_SECONDS", "0.2"))
+# Follow streams (SSE): a comment line this often, and closed by the server after this long (the client
+# reconnects with Last-Event-ID and loses nothing).
+LOG_HEARTBEAT_SECONDS = env_int("COLTSFOOT_LOG_HEARTBEAT_SECONDS", 15)
+LOG_STREAM_MAX_SECONDS = env_int("COLTSFOOT_LOG_STREAM_MAX_SECONDS", 3600)
+
 LOG_LEVEL = env_str("COLTSFOOT_LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,

@@ -1,10 +1,10 @@
 """`make up` / `make down` / `make status`: the whole platform on this machine, in the background.
 
 `up` starts whatever is not running yet (Redis, Caddy, PostgreSQL, PgBouncer, the Celery worker and beat, the
-API under gunicorn), migrates and collects the static files (before the API starts), creates the `demo` tenant
-once, deploys examples/hello when the app does not answer, and prints the URLs and the demo token. Running it
-again is harmless and quick. `down` stops all of that, app containers included (only this installation's: they
-carry its instance id); `status` prints one line per service.
+log collector, the API under granian), migrates and collects the static files (before the API starts), creates
+the `demo` tenant once, deploys examples/hello when the app does not answer, and prints the URLs and the demo
+token. Running it again is harmless and quick. `down` stops all of that, app containers included (only this
+installation's: they carry its instance id); `status` prints one line per service.
 
 Everything lives under the state dir, COLTSFOOT_STATE_DIR (default ~/.local/state/coltsfoot):
   secrets.env        generated once, mode 600: DJANGO_SECRET_KEY, COLTSFOOT_FERNET_KEYS, the PostgreSQL
@@ -369,6 +369,7 @@ class LocalStack:
             "postgres": f"on {service.describe()}, data {self.svc_dir / 'data'}",
             "worker": "(celery, concurrency 2)",
             "beat": "(celery beat)",
+            "collector": "(app log collector)",
             "api": f"on {self.config.api_bind}",
         }.get(service.name, f"on {service.describe()}")
         verb = "started" if started else "already running"

@@ -748,9 +748,12 @@ class CeleryBeat(PlatformProcess):
 
 
 class ApiServer(PlatformProcess):
+    """The API under granian's ASGI interface: ordinary requests run Django's sync views in threads, while an
+    open log follow stream (SSE) is a coroutine waiting on Redis, not a worker tied up for its lifetime."""
+
     name = "api"
-    marker = ("gunicorn", "config.wsgi:application")
-    # Above gunicorn's graceful timeout, so requests in flight get it in full.
+    marker = ("granian", "config.asgi:application")
+    # Above granian's kill timeout, so requests in flight get it in full.
     stop_timeout = 20.0
     start_timeout = 60.0
     port_variable = "COLTSFOOT_API_BIND"
@@ -760,12 +763,15 @@ class ApiServer(PlatformProcess):
         return f"answer on {self.platform.api_url}/health"
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", self.platform.api_bind]
-        argv += ["--workers", str(self.workers), "--timeout", "120", "--graceful-timeout", "10"]
-        return [*argv, "--access-logfile", "-", "--error-logfile", "-", "--no-control-socket"]
+        host, port = split_host_port(self.platform.api_bind)
+        # asginl: ASGI without the lifespan protocol, which Django does not speak.
+        argv = [sys.executable, "-m", "granian", "--interface", "asginl", "config.asgi:application"]
+        argv += ["--host", host, "--port", str(port), "--workers", str(self.workers)]
+        # Open follow streams would hold a graceful stop until they end: the workers get 10 s, then go.
+        return [*argv, "--workers-kill-timeout", "10", "--access-log", "--no-ws"]
 
     def markers(self) -> tuple[str, ...]:
-        return (*self.marker, self.platform.api_bind)
+        return (*self.marker, f"--port {self.platform.api_port}")
 
     def listens(self) -> list[tuple[str, int]]:
         host, port = split_host_port(self.platform.api_bind)
@@ -776,6 +782,24 @@ class ApiServer(PlatformProcess):
 
     def describe(self) -> str:
         return self.platform.api_url
+
+
+class LogCollector(PlatformProcess):
+    """`manage.py collect_logs`: copies the output of this instance's replicas into their apps' log streams."""
+
+    name = "collector"
+    marker = ("manage.py", "collect_logs")
+    start_timeout = 60.0
+    ready_what = "'log collector ready' in its log"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, str(REPO_ROOT / "manage.py"), "collect_logs"]
+
+    def probe(self) -> str | None:
+        return self.process.log_probe(re.compile(r"log collector ready"))()
+
+    def describe(self) -> str:
+        return "log collector"
 
 
 # What stopping a platform does with its instance's podman objects: "purge" removes everything labelled with the
@@ -836,12 +860,13 @@ class Platform(Service):
         self.worker = CeleryWorker(self)
         self.beat = CeleryBeat(self)
         self.api = ApiServer(self)
+        self.collector = LogCollector(self)
         self.tenant_ids: list[str] = []
 
     @property
     def services(self) -> list[ProcessService]:
         """The platform's processes in start order (stopped in reverse). A new one goes here."""
-        return [self.worker, *([self.beat] if self.with_beat else []), self.api]
+        return [self.collector, self.worker, *([self.beat] if self.with_beat else []), self.api]
 
     def build_env(self, extra: dict[str, str]) -> dict[str, str]:
         if self.base_env is not None:
@@ -961,7 +986,7 @@ class Platform(Service):
 
     def stop(self, *, containers: ContainerPolicy = "purge") -> None:
         """Stop the API, beat and worker, then deal with this instance's podman objects (see ContainerPolicy)."""
-        for service in reversed([self.worker, self.beat, self.api]):
+        for service in reversed([self.collector, self.worker, self.beat, self.api]):
             service.stop()
         # After the worker is gone, so nothing recreates containers behind our back.
         if containers == "purge":

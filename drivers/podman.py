@@ -682,6 +682,7 @@ class ObservedContainer:
     started_at: float  # unix seconds, 0 if it never started
     exited_at: float
     created_at: float
+    id: str = ""  # the container's full id: a replacement under the same name has a new one
 
     @property
     def running(self) -> bool:
@@ -713,6 +714,7 @@ def parse_ps_json(output: str) -> list[ObservedContainer]:
                 started_at=_number(entry.get("StartedAt")),
                 exited_at=_number(entry.get("ExitedAt")),
                 created_at=_number(entry.get("Created")),
+                id=str(entry.get("Id") or ""),
             )
         )
     return observed
@@ -766,6 +768,29 @@ def parse_images_json(output: str) -> list[ObservedImage]:
 def images_observe(key: str, value: str) -> list[ObservedImage]:
     """Every image with the label, in one podman call."""
     return parse_images_json(run(images_json_argv(key, value)))
+
+
+def log_paths_argv(ids: Sequence[str]) -> list[str]:
+    for container_id in ids:
+        _check_name(container_id)
+    return ["container", "inspect", "--format", "{{.Id}} {{.HostConfig.LogConfig.Path}}", *ids]
+
+
+def container_log_paths(ids: Sequence[str]) -> dict[str, str]:
+    """Container id -> the path of its k8s-file log (podman's own copy of its output), in one call; a
+    container removed meanwhile is left out."""
+    if not ids:
+        return {}
+    try:
+        output = run(log_paths_argv(ids))
+    except PodmanError as exc:
+        output = exc.stdout  # some of them are gone: podman still prints the others
+    paths = {}
+    for line in output.splitlines():
+        container_id, _, path = line.strip().partition(" ")
+        if container_id and path:
+            paths[container_id] = path
+    return paths
 
 
 def networks_with_label(key: str, value: str) -> set[str]:

@@ -8,6 +8,7 @@ podman or Caddy is called: every state change is a single conditional UPDATE.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 import shutil
@@ -31,6 +32,7 @@ from caddy.client import CaddyClient
 from core.faults import PlatformError
 from core.faults import UserError
 from drivers import buildpack
+from drivers import logstore
 from drivers import podman
 from platform_apps.deployments.services import git_validate
 from platform_apps.models import App
@@ -99,8 +101,9 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def log_append(deployment: Deployment, text: str, *, secrets: Iterable[str] = ()) -> None:
-    """Append to the deployment's log in one UPDATE (no read-modify-write), keeping the tail."""
+def log_append(deployment: Deployment, text: str, *, secrets: Iterable[str] = (), source: str | None = "build") -> None:
+    """Append to the deployment's log in one UPDATE (no read-modify-write), keeping the tail; and, unless
+    `source` is None, the same lines to the app's log stream under that source (`build`, `release`)."""
     if not text:
         return
     if not text.endswith("\n"):
@@ -108,6 +111,55 @@ def log_append(deployment: Deployment, text: str, *, secrets: Iterable[str] = ()
     # A NUL would cut the text column short (and some databases refuse it): keep it visible instead.
     chunk = redact(text, secrets).replace("\x00", "\\x00")[-LOG_MAX_CHARS:]
     Deployment.objects.filter(pk=deployment.pk).update(log=Right(Concat(F("log"), Value(chunk)), LOG_MAX_CHARS))
+    if source is not None:
+        stream_append(deployment, text, source=source, secrets=secrets)
+
+
+def stream_append(
+    deployment: Deployment, text: str, *, source: str, secrets: Iterable[str] = (), end_state: str = ""
+) -> None:
+    """Lines of output to the app's log stream (`GET /apps/{id}/logs`), tagged with the deployment so its
+    build can be followed. Redis being down costs these lines there, never the deployment: the deployment's
+    own log above still has them."""
+    secrets = tuple(secrets)
+    ts = logstore.timestamp()
+    max_bytes = int(settings.LOG_MAX_LINE_BYTES)
+    lines = [
+        logstore.Line(
+            ts, source, logstore.normalise(raw, secrets=secrets, max_bytes=max_bytes), str(deployment.public_id)
+        )
+        for raw in logstore.split_lines(text)
+    ]
+    if end_state and lines:
+        lines[-1] = dataclasses.replace(lines[-1], end_state=end_state)
+    try:
+        logstore.store().append(str(deployment.app.public_id), lines)
+    except logstore.LogStoreError:
+        logger.warning("app log stream unavailable; lines kept in the deployment log only", exc_info=True)
+
+
+def app_event(deployment: Deployment, message: str, *, end_state: str = "") -> None:
+    """A platform event about the app (crash, restart, deploy state), source `platform` in its log stream.
+    `end_state` marks the event that ends a deployment (live, failed, superseded) for its followers."""
+    stream_append(deployment, message, source="platform", end_state=end_state)
+
+
+def deploy_event(deployment: Deployment, state: str, detail: str = "") -> None:
+    """The app-log event of a deployment reaching `state`."""
+    number = f"Deploy #{deployment.number}"
+    if state == Deployment.State.BUILDING:
+        app_event(deployment, f"{number} started ({deployment.source_kind})")
+    elif state == Deployment.State.LIVE:
+        replicas = deployment.app.replicas
+        message = f"{number} is live with {replicas} replica(s)"
+        previous = deployment.source_deployment
+        if deployment.source_kind == Deployment.SourceKind.RELEASE and previous is not None:
+            before = Replica.objects.filter(deployment=previous).count()
+            if before and before != replicas:
+                message += f"; scaled from {before} to {replicas}"
+        app_event(deployment, message, end_state=state)
+    elif state in (Deployment.State.FAILED, Deployment.State.SUPERSEDED):
+        app_event(deployment, f"{number} {state}{': ' + detail if detail else ''}", end_state=state)
 
 
 def step(deployment: Deployment, message: str) -> None:
@@ -413,7 +465,7 @@ def release(deployment: Deployment, runtime: Runtime) -> None:
         secret_env=runtime.secret_env,
     )
     code, output = podman.oneoff_run(spec, timeout=float(settings.RELEASE_TIMEOUT_SECONDS))
-    log_append(deployment, output, secrets=runtime.secret_values)
+    log_append(deployment, output, secrets=runtime.secret_values, source="release")
     if code != 0:
         raise UserError("release.failed", f"The release command exited with code {code}; nothing was switched.")
     Deployment.objects.filter(pk=deployment.pk).update(released=True)
@@ -484,7 +536,9 @@ def start_replicas(deployment: Deployment, runtime: Runtime) -> list[str]:
                     deployment,
                     f"-----> Replica {index} did not answer HTTP on $PORT:\n{output}",
                     secrets=runtime.secret_values,
+                    source=None,  # its output is in the app's log already, as web.N
                 )
+                app_event(deployment, f"web.{index + 1} did not answer HTTP on $PORT in time")
                 raise UserError(
                     "start.unhealthy",
                     f"The web process did not answer HTTP on $PORT within {settings.START_DEADLINE_SECONDS} s; "

@@ -34,6 +34,7 @@ from core.faults import is_transient
 from core.logging import bind
 from core.logging import request_id_var
 from core.logging import unbind
+from drivers import logstore
 from drivers import podman
 from platform_apps.deployments.services import release_current
 from platform_apps.idempotency import purge_expired
@@ -155,6 +156,7 @@ def _transition(deployment: Deployment, old: str, new: str, **fields: Any) -> bo
         for key, value in fields.items():
             setattr(deployment, key, value)
         logger.info(f"deployment {old} -> {new}", extra=pipeline.log_context(deployment))
+        pipeline.deploy_event(deployment, new)
     return bool(updated)
 
 
@@ -164,7 +166,8 @@ def deployment_fail(deployment: Deployment, code: str, message: str) -> None:
     )
     if not updated:
         return
-    pipeline.log_append(deployment, f"-----> Failed: {code}: {message}")
+    pipeline.log_append(deployment, f"-----> Failed: {code}: {message}", source=None)
+    pipeline.deploy_event(deployment, State.FAILED, f"{code}: {message}")
     logger.warning("deployment failed", extra={**pipeline.log_context(deployment), "code": code})
     pipeline.remove_containers(deployment)
     pipeline.cleanup_build_dir(deployment)
@@ -175,7 +178,8 @@ def deployment_supersede(deployment: Deployment) -> None:
         state=State.SUPERSEDED, finished_at=timezone.now()
     )
     if updated:
-        pipeline.log_append(deployment, "-----> Superseded by a newer deployment before it went live")
+        pipeline.log_append(deployment, "-----> Superseded by a newer deployment before it went live", source=None)
+        pipeline.deploy_event(deployment, State.SUPERSEDED, "a newer deployment replaced it before it went live")
         logger.info("deployment superseded before going live", extra=pipeline.log_context(deployment))
         pipeline.remove_containers(deployment)
         pipeline.cleanup_build_dir(deployment)
@@ -356,6 +360,7 @@ def app_teardown(self: PlatformTask, app_id: str) -> None:
         for name in podman.containers_with_label("coltsfoot.app", app_id):
             podman.container_remove(name)
         addons.addon_teardown_for_app(app)
+        logstore.store().delete(app_id)
     except Exception as exc:
         self.retry_if_transient(exc)
         logger.error("app teardown failed", exc_info=exc, extra=context)

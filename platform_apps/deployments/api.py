@@ -7,6 +7,7 @@ import uuid
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.http import HttpResponse
+from django.http.response import HttpResponseBase
 from ninja import Router
 from ninja import Status
 from pydantic import ValidationError as PydanticValidationError
@@ -24,6 +25,8 @@ from platform_apps.deployments import services
 from platform_apps.deployments.schemas import DeploymentOut
 from platform_apps.deployments.schemas import RollbackIn
 from platform_apps.deployments.schemas import SourceDeployIn
+from platform_apps.logs import streams
+from platform_apps.logs.api import deployment_follow
 from platform_apps.models import Deployment
 
 router = Router(tags=["deployments"])
@@ -109,10 +112,12 @@ def deployment_get(request: HttpRequest, deployment_id: uuid.UUID) -> Deployment
             200: {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
         }
     },
-    summary="Build and release output (text)",
+    summary="Build and release output (text; with Accept: text/event-stream, followed live until it finishes)",
     operation_id="platform_apps_deployments_api_deployment_log",
 )
-def deployment_log(request: HttpRequest, deployment_id: uuid.UUID) -> HttpResponse:
+def deployment_log(request: HttpRequest, deployment_id: uuid.UUID) -> HttpResponseBase:
+    if streams.wants_stream(request, follow=False):  # Accept: text/event-stream: watch the build live
+        return deployment_follow(request, deployment_id)
     deployment = deployment_for(request, deployment_id, scope=READ)
     return HttpResponse(deployment.log, content_type="text/plain; charset=utf-8")
 

@@ -251,10 +251,11 @@ def _record_exit(
     exit_part = f" with exit code {code}" if code is not None and reason != "vanished" else ""
     when = "now" if delay == 0 else f"in {delay:g} s"
     text = f"-----> {_source(replica.index)} {what}{exit_part}; restarting it {when}"
+    pipeline.app_event(deployments.get(app.deployment_id), text.removeprefix("-----> "))
     if output.strip():
         text += f"\n-----> Its last output:\n{output}"
     deployment = deployments.get(app.deployment_id)
-    pipeline.log_append(deployment, text, secrets=deployments.secrets(app.deployment_id))
+    pipeline.log_append(deployment, text, secrets=deployments.secrets(app.deployment_id), source=None)
     logger.warning("replica %s", reason, extra={**_context(app, replica), "exit_code": code, "restart_in": delay})
     report.count(f"replica_{reason}")
     return delay
@@ -308,6 +309,10 @@ def _health_gate(
                         pipeline.log_append(
                             deployments.get(item.app.deployment_id),
                             f"-----> {_source(item.replica.index)} answers HTTP again",
+                            source=None,
+                        )
+                        pipeline.app_event(
+                            deployments.get(item.app.deployment_id), f"{_source(item.replica.index)} restarted"
                         )
                     logger.info("replica serving", extra=_context(item.app, item.replica))
                     report.count("replica_serving")

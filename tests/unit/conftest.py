@@ -4,6 +4,7 @@ the health check answered by respx, and settings that keep builds in a temp dir.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import pytest
 import respx
 
 from caddy.client import CaddyClient
+from devstack.services import RedisServer
+from drivers import logstore
 from drivers import podman
 from provisioning import pipeline
 from tests.unit.fakes import PODMAN_OPERATIONS
@@ -82,3 +85,22 @@ def _log_context_unbound() -> Iterator[None]:
     from core.logging import unbind
 
     unbind()
+
+
+@pytest.fixture(scope="session")
+def log_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the log store (on a free port, in a temp dir, saving nothing), per test session."""
+    server = RedisServer(tmp_path_factory.mktemp("log-redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def log_store(log_redis: RedisServer, settings: Any) -> logstore.LogStore:
+    """Every test writes app logs to that Redis under a key prefix of its own, so tests never see each other's."""
+    settings.LOG_REDIS_URL = log_redis.url
+    settings.LOG_KEY_PREFIX = f"test-{uuid.uuid4().hex}:logs"
+    return logstore.store()

@@ -83,6 +83,7 @@ MATRIX: dict[tuple[str, str], Rule] = {
     # The rest of the app: not the deploy token's business.
     ("GET", "/apps/{app_id}"): Rule(_app("GET"), 403, 200),
     ("GET", "/apps/{app_id}/replicas"): Rule(_app("GET", "/replicas"), 403, 200),
+    ("GET", "/apps/{app_id}/logs"): Rule(_app("GET", "/logs"), 403, 200),
     ("PATCH", "/apps/{app_id}"): Rule(_app("PATCH", "", {"replicas": 2}), 403, 403),
     ("DELETE", "/apps/{app_id}"): Rule(_app("DELETE"), 403, 403),
     ("GET", "/apps/{app_id}/config"): Rule(_app("GET", "/config"), 403, 200),
