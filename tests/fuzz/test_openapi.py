@@ -24,6 +24,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from schemathesis.specs.openapi.checks import status_code_conformance
 
+from devstack.services import RedisServer
 from tests.fuzz.seed import Seed
 from tests.fuzz.seed import seed_tenant
 
@@ -61,9 +62,23 @@ CHECKS = [
 ]
 
 
+@pytest.fixture(scope="session")
+def log_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The log store's Redis (real, on a free port, saving nothing): the logs endpoints read it."""
+    server = RedisServer(tmp_path_factory.mktemp("fuzz-log-redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def seed(db: None, settings: Any, tmp_path: Any) -> Iterator[Seed]:
+def seed(db: None, settings: Any, tmp_path: Any, log_redis: RedisServer) -> Iterator[Seed]:
     settings.BUILD_ROOT = tmp_path / "builds"
+    settings.LOG_REDIS_URL = log_redis.url
+    settings.LOG_KEY_PREFIX = "fuzz:logs"
+    settings.LOG_STREAM_MAX_SECONDS = 1  # a follow stream ends at once, so each example returns
     # Nothing is queued (the broker is not there, and the pipeline is not under test here), and
     # /ready reports on dependencies this hermetic run does not start.
     with (
