@@ -32,12 +32,22 @@ reconnect with `Last-Event-ID` resumes after that line. `: keepalive` comments c
 the server ends a stream with `event: end` after its maximum duration (reconnect to go on)."""
 
 
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}},
+    "required": ["data"],
+}
+
+
 @router.get(
     "/apps/{app_id}/logs",
     response={200: LogPageOut, **ERRORS},
     summary="The app's runtime logs (JSON, or a follow stream with Accept: text/event-stream)",
     description=LOGS_DESCRIPTION,
     operation_id="platform_apps_logs_api_app_logs",
+    # The follow mode answers the same 200 as a server-sent event stream: each event's `data` is one
+    # line as JSON (`id`, `ts`, `source`, `line`), its `id` the cursor; `event: end` closes it.
+    openapi_extra={"responses": {200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}}},
 )
 def app_logs(
     request: HttpRequest,
