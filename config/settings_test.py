@@ -20,3 +20,5 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = False
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 RETIRE_DRAIN_SECONDS = 0
+# Unit tests never call nft (tests/unit/test_firewall.py checks the ruleset as text).
+FIREWALL = False

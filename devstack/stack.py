@@ -74,10 +74,12 @@ class Stack:
 
     def up(self, *, report: Report | None = None, before_platform: Callable[[], None] | None = None) -> None:
         """Start whatever is not running (adopting what runs from its pid file), in order, each waited for.
-        The platform is migrated first (idempotent); `before_platform` runs right after that."""
+        The platform is migrated and its firewall table installed first (both idempotent); `before_platform`
+        runs right after that."""
         for service in self.services:
             if isinstance(service, Platform):
                 service.migrate()
+                service.firewall_apply()
                 if before_platform is not None:
                     before_platform()
                 for process in service.services:

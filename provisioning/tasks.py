@@ -39,6 +39,7 @@ from platform_apps.models import App
 from platform_apps.models import Deployment
 from provisioning import addons
 from provisioning import pipeline
+from provisioning.firewall import firewall_sync
 from provisioning.reconciler import lease as named_lease
 from provisioning.reconciler.runner import reconcile_pass
 
@@ -390,6 +391,9 @@ def reconcile(self: PlatformTask) -> dict[str, object]:
     finally:
         named_lease.lease_release(RECONCILE_LEASE, owner)
     counts["pass"] = report.as_dict()
+    # A network the pass recreated, one removed since, the index's addresses: the table follows (a no-op
+    # when nothing changed).
+    counts["firewall"] = firewall_sync()
     if report.wake_in is not None and report.wake_in < settings.CELERY_BEAT_RECONCILE_SECONDS:
         # A crashed replica's backoff ends before the next periodic pass: come back for it then.
         with contextlib.suppress(*BROKER_ERRORS):
