@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(podman runsc caddy pgbouncer postgresql redis-server debootstrap git curl ca-certificates docker-registry)
+APT_PACKAGES=(podman runsc caddy pgbouncer postgresql redis-server debootstrap git curl ca-certificates docker-registry nftables)
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
