@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -55,6 +56,22 @@ def index_hosts() -> tuple[str, ...]:
         hosts += PYPI_HOSTS
     hosts += [str(host) for host in settings.BUILD_EGRESS_HOSTS]
     return tuple(dict.fromkeys(host.lower() for host in hosts))
+
+
+# Resolved index addresses are reused this long (per process): every reconcile pass syncs the table, and
+# looking the hosts up each time would cost more than the rest of the sync.
+RESOLVE_CACHE_SECONDS = 60.0
+_resolved: dict[tuple[str, ...], tuple[float, tuple[firewall.IPAddress, ...]]] = {}
+
+
+def resolve_cached(hosts: tuple[str, ...]) -> tuple[firewall.IPAddress, ...]:
+    cached = _resolved.get(hosts)
+    if cached is not None and time.monotonic() - cached[0] < RESOLVE_CACHE_SECONDS:
+        return cached[1]
+    addresses = resolve(hosts)
+    if addresses or not hosts:
+        _resolved[hosts] = (time.monotonic(), addresses)
+    return addresses
 
 
 def resolve(hosts: tuple[str, ...]) -> tuple[firewall.IPAddress, ...]:
@@ -110,7 +127,7 @@ def spec_current(egress: str | None = None) -> firewall.FirewallSpec:
         resolvers=configured.resolvers,
         bridges=tenant_bridges(),
         index_hosts=configured.index_hosts,
-        index_addresses=resolve(configured.index_hosts),
+        index_addresses=resolve_cached(configured.index_hosts),
     )
 
 

@@ -391,13 +391,13 @@ def reconcile(self: PlatformTask) -> dict[str, object]:
     finally:
         named_lease.lease_release(RECONCILE_LEASE, owner)
     counts["pass"] = report.as_dict()
-    # A network the pass recreated, one removed since, the index's addresses: the table follows (a no-op
-    # when nothing changed).
-    counts["firewall"] = firewall_sync()
     if report.wake_in is not None and report.wake_in < settings.CELERY_BEAT_RECONCILE_SECONDS:
         # A crashed replica's backoff ends before the next periodic pass: come back for it then.
         with contextlib.suppress(*BROKER_ERRORS):
             reconcile.apply_async(countdown=max(0.5, report.wake_in))
+    # A network the pass recreated, one removed since, the index's addresses: the table follows (a no-op
+    # when nothing changed). Last, so it never delays a restart the pass scheduled.
+    counts["firewall"] = firewall_sync()
     return counts
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
+import time
 from typing import Any
 from unittest import mock
 
@@ -386,7 +387,7 @@ def test_apply_lists_this_instances_bridges_and_skips_a_current_table(settings: 
         mock.patch.object(
             podman, "network_interfaces_with_label", autospec=True, return_value={"cf-t-1": "cni-podman4"}
         ) as networks,
-        mock.patch.object(workflow, "resolve", autospec=True, return_value=(INDEX,)),
+        mock.patch.object(workflow, "resolve_cached", autospec=True, return_value=(INDEX,)),
         mock.patch.object(firewall, "installed", autospec=True, return_value=None) as installed,
         mock.patch.object(firewall, "apply", autospec=True) as apply,
     ):
@@ -400,3 +401,14 @@ def test_apply_lists_this_instances_bridges_and_skips_a_current_table(settings: 
         installed.return_value = firewall.Installed(firewall.comment(applied), firewall.expected_rules(applied))
         workflow.firewall_apply()
         assert apply.call_count == 1
+
+
+def test_index_addresses_are_looked_up_once_a_minute():
+    workflow._resolved.clear()
+    with mock.patch.object(workflow, "resolve", autospec=True, return_value=(INDEX,)) as resolve:
+        assert workflow.resolve_cached(("pypi.org",)) == (INDEX,)
+        assert workflow.resolve_cached(("pypi.org",)) == (INDEX,)
+        resolve.assert_called_once_with(("pypi.org",))
+        with mock.patch.object(time, "monotonic", autospec=True, return_value=time.monotonic() + 61):
+            workflow.resolve_cached(("pypi.org",))
+    assert resolve.call_count == 2
