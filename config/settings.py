@@ -245,6 +245,9 @@ except ValueError as _exc:
 FIREWALL_RESOLV_CONF = env_str("COLTSFOOT_RESOLV_CONF", "/etc/resolv.conf")
 # Hosts (besides the pip index's) that builds reach on ports 80/443 under `none` or a CIDR list.
 BUILD_EGRESS_HOSTS = env_list("COLTSFOOT_BUILD_EGRESS_HOSTS", [])
+# Reconcile passes re-apply the table (when it changed) at most this often, and at once after they
+# recreated a tenant network.
+FIREWALL_SYNC_SECONDS = env_int("COLTSFOOT_FIREWALL_SYNC_SECONDS", 30)
 TENANT_PG_CONNECTION_LIMIT = env_int("COLTSFOOT_TENANT_PG_CONNECTION_LIMIT", 10)
 TENANT_PG_STATEMENT_TIMEOUT_MS = env_int("COLTSFOOT_TENANT_PG_STATEMENT_TIMEOUT_MS", 30000)
 TENANT_PG_IDLE_TX_TIMEOUT_MS = env_int("COLTSFOOT_TENANT_PG_IDLE_TX_TIMEOUT_MS", 60000)

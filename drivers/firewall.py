@@ -18,8 +18,9 @@ Design:
   names (`cni-podmanN`) of the podman networks labelled with this instance id. Matching every `cni-podman*`
   bridge would be simpler, but nftables applies every table's drops to every packet, so one installation's
   table would then impose its PgBouncer port and its egress policy on the others' tenants. The workflow
-  re-applies the table whenever it creates a tenant network (before any container starts on it) and on every
-  reconcile pass (a network recreated by the reconciler, or a name freed by a removed network).
+  re-applies the table whenever it creates a tenant network (before any container starts on it), after a
+  reconcile pass that recreated one, and every COLTSFOOT_FIREWALL_SYNC_SECONDS otherwise (a bridge name freed
+  by a removed network, the index host's addresses, a table someone deleted).
 - **From a tenant bridge to the host** (input): replies of connections the host opened (Caddy dialing a
   replica) and PgBouncer's port are accepted, plus DNS to a resolver that is one of the host's own addresses;
   everything else is dropped.

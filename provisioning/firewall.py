@@ -6,8 +6,9 @@ instance's tenant bridges from podman, the index host's addresses from DNS), and
 - at start (`manage.py firewall_apply`, which `make up` and the test stacks run before the worker starts);
 - whenever the pipeline has ensured a tenant network, before any container runs on it (a new network's bridge
   must be in the table first, or its containers would be unfiltered);
-- after every reconcile pass (a network the reconciler recreated, a bridge name freed by a removed network,
-  the index host's addresses moving, or a table someone deleted), only when the content differs.
+- after a reconcile pass that recreated a network, at once, and from reconcile passes every
+  COLTSFOOT_FIREWALL_SYNC_SECONDS otherwise (a bridge name freed by a removed network, the index host's
+  addresses moving, a table someone deleted); `nft` runs only when the content differs.
 
 Applies are serialised by a lock file in the data dir, so concurrent workers never install a table computed
 from an older list of networks after a newer one.
@@ -58,8 +59,8 @@ def index_hosts() -> tuple[str, ...]:
     return tuple(dict.fromkeys(host.lower() for host in hosts))
 
 
-# Resolved index addresses are reused this long (per process): every reconcile pass syncs the table, and
-# looking the hosts up each time would cost more than the rest of the sync.
+# Resolved index addresses are reused this long (per process): the table is re-checked often, and looking
+# the hosts up each time would cost more than the rest of the check.
 RESOLVE_CACHE_SECONDS = 60.0
 _resolved: dict[tuple[str, ...], tuple[float, tuple[firewall.IPAddress, ...]]] = {}
 
@@ -145,7 +146,7 @@ def _lock() -> Iterator[None]:
 
 def firewall_apply(*, egress: str | None = None, force: bool = False) -> firewall.FirewallSpec:
     """Install this installation's table as of now (unless the installed one is exactly that and not `force`).
-    `egress` overrides COLTSFOOT_TENANT_EGRESS for this apply (the next reconcile pass restores the setting)."""
+    `egress` overrides COLTSFOOT_TENANT_EGRESS for this apply (the next periodic sync restores the setting)."""
     nft = str(settings.NFT_BIN)
     with _lock():
         spec = spec_current(egress)
@@ -155,11 +156,21 @@ def firewall_apply(*, egress: str | None = None, force: bool = False) -> firewal
     return spec
 
 
-def firewall_sync() -> bool:
-    """`firewall_apply` when the platform manages the firewall; failures are logged, never raised (the
-    reconciler's pass goes on, and `/ready` reports the table). Returns whether the table is current."""
+# When this process last synced the table from a reconcile pass (monotonic seconds).
+_last_sync: list[float] = []
+
+
+def firewall_sync(*, force: bool = False) -> bool | None:
+    """From the reconcile task: `firewall_apply` when the platform manages the firewall, at most every
+    FIREWALL_SYNC_SECONDS unless `force` (the pass recreated a network). Failures are logged, never raised (the
+    pass goes on, and `/ready` reports the table). True/False: whether the table is current; None: not
+    synced now (unmanaged, or synced recently)."""
     if not enabled():
-        return False
+        return None
+    now = time.monotonic()
+    if not force and _last_sync and now - _last_sync[-1] < float(settings.FIREWALL_SYNC_SECONDS):
+        return None
+    _last_sync[:] = [now]
     try:
         firewall_apply()
     except (firewall.FirewallError, podman.PodmanError, ValueError) as exc:

@@ -371,8 +371,21 @@ def test_network_ensure_does_not_touch_nft_when_unmanaged(settings: Any):
     settings.FIREWALL = False
     with mock.patch.object(firewall, "apply", autospec=True) as apply:
         workflow.firewall_ensure_for_network()
-        assert workflow.firewall_sync() is False
+        assert workflow.firewall_sync(force=True) is None
     apply.assert_not_called()
+
+
+def test_reconcile_syncs_at_most_every_interval_unless_a_network_was_recreated(settings: Any):
+    settings.FIREWALL = True
+    settings.FIREWALL_SYNC_SECONDS = 30
+    workflow._last_sync.clear()
+    with mock.patch.object(workflow, "firewall_apply", autospec=True) as apply:
+        assert workflow.firewall_sync() is True
+        assert workflow.firewall_sync() is None  # synced a moment ago
+        assert workflow.firewall_sync(force=True) is True  # the pass recreated a network
+        apply.side_effect = firewall.FirewallError("nft -f - failed")
+        assert workflow.firewall_sync(force=True) is False  # logged, never raised
+    assert apply.call_count == 3
 
 
 def test_apply_lists_this_instances_bridges_and_skips_a_current_table(settings: Any, tmp_path: Any):

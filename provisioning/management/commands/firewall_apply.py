@@ -30,7 +30,7 @@ class Command(BaseCommand):
             "--egress",
             default=None,
             help="public | none | CIDR,CIDR... for this apply (default: COLTSFOOT_TENANT_EGRESS); the next "
-            "reconcile pass goes back to the setting",
+            "periodic sync (COLTSFOOT_FIREWALL_SYNC_SECONDS) goes back to the setting",
         )
         parser.add_argument("--force", action="store_true", help="apply even if the installed table is current")
         parser.add_argument("--remove", action="store_true", help="remove the table instead (and nothing else)")
