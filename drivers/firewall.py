@@ -293,6 +293,11 @@ def _chains(spec: FirewallSpec) -> dict[str, list[str]]:
         "iifname != @tenant_bridges accept",
         # Replies of connections the host opened: Caddy dialing a replica, the health checks.
         "ct state established,related accept",
+        # Packets conntrack calls invalid (a late segment of a connection it already forgot, a reply it
+        # could not match) are not dropped here unless they open a connection (a SYN without ACK): dropping
+        # a stray SYN-ACK or RST of a host-initiated connection would stall the edge's dial; without a SYN
+        # no connection to a host service can be made.
+        "ct state invalid tcp flags & (syn | ack) != syn accept",
         f"tcp dport {spec.pgbouncer_port} accept",
         f"{dns} ip daddr @resolvers4 accept",
         f"{dns} ip6 daddr @resolvers6 accept",

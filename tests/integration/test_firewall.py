@@ -152,7 +152,9 @@ def prober(platform: Platform) -> dict[str, Any]:
     created = platform.create_tenant(f"fw{uuid.uuid4().hex[:8]}")
     client = platform.client(created["token"])
     app = client.post("/apps", json={"name": "probe"}).json()
-    files = hello_files(**{"probe.py": PROBE_APP, "Procfile": "web: gunicorn --bind 0.0.0.0:$PORT probe:app\n"})
+    files = hello_files(
+        **{"probe.py": PROBE_APP, "Procfile": "web: gunicorn --bind 0.0.0.0:$PORT --workers 2 --threads 4 probe:app\n"}
+    )
     deployment = deploy_archive(client, app["id"], tar_gz(files))
     done = wait_for_deployment(client, deployment["id"], {"live", "failed"}, timeout=600)
     assert done["state"] == "live", client.get(f"/deployments/{deployment['id']}/log").text
@@ -303,4 +305,4 @@ def test_a_rerun_replaces_the_table_without_duplicates(platform: Platform, probe
     after = installed(platform)
     assert after == before
     assert after is not None
-    assert after.rules == {"input": 7, "forward": 8}  # public: no egress drop
+    assert after.rules == {"input": 8, "forward": 8}  # public: no egress drop

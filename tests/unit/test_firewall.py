@@ -143,6 +143,8 @@ def test_to_the_host_only_pgbouncer_dns_and_replies():
     rules = chain(firewall.ruleset(spec(pgbouncer_port=7777)), "input")
     assert rules[0] == "iifname != @tenant_bridges accept"
     assert "ct state established,related accept" in rules
+    # A connection attempt that conntrack finds invalid is dropped like any other.
+    assert "ct state invalid tcp flags & (syn | ack) != syn accept" in rules
     assert "tcp dport 7777 accept" in rules
     assert not any("dport 6433" in rule for rule in rules)
     assert rules[-1] == 'counter drop comment "tenant to host"'
@@ -236,6 +238,7 @@ CAPTURED = """table inet coltsfoot-fwtry-1 {
 \t\ttype filter hook input priority filter - 10; policy accept;
 \t\tiifname != @tenant_bridges accept
 \t\tct state established,related accept
+\t\tct state invalid tcp flags != syn / syn,ack accept
 \t\ttcp dport 6433 accept
 \t\tmeta l4proto { tcp, udp } th dport 53 ip daddr @resolvers4 accept
 \t\tmeta l4proto { tcp, udp } th dport 53 ip6 daddr @resolvers6 accept
@@ -279,7 +282,7 @@ def test_an_installed_table_that_matches_is_current():
     wanted = captured_spec()
     found = firewall.installed_parse(captured(wanted))
     assert found is not None
-    assert found.rules == {"input": 7, "forward": 9} == firewall.expected_rules(wanted)
+    assert found.rules == {"input": 8, "forward": 9} == firewall.expected_rules(wanted)
     assert firewall.problem(wanted, found, exact=True) is None
 
 
