@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest
 from ninja import NinjaAPI
@@ -19,6 +20,7 @@ from platform_apps.config.api import router as config_router
 from platform_apps.deployments.api import router as deployments_router
 from platform_apps.logs.api import router as logs_router
 from platform_apps.webhooks.api import router as webhooks_router
+from provisioning.firewall import firewall_check
 from tenants.api import router as tokens_router
 from tenants.auth import TokenAuth
 
@@ -84,6 +86,13 @@ def _check_caddy() -> bool:
         return client.ping()
 
 
+def _check_firewall() -> bool:
+    problem = firewall_check()
+    if problem is not None:
+        logger.warning("readiness: firewall check failed: %s", problem)
+    return problem is None
+
+
 @api.get(
     "/ready",
     auth=None,
@@ -94,6 +103,9 @@ def _check_caddy() -> bool:
 )
 def ready(request: HttpRequest) -> Status[dict[str, object]]:
     checks = {"database": _check_database(), "broker": _check_broker(), "caddy": _check_caddy()}
+    if settings.FIREWALL:
+        # Present, made for this configuration, every rule in place (see drivers/firewall.py).
+        checks["firewall"] = _check_firewall()
     if all(checks.values()):
         return Status(200, {"status": "ready", "checks": checks})
     return Status(503, {"status": "unavailable", "checks": checks})

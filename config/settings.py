@@ -3,6 +3,7 @@ environment variables documented in .env.example."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from urllib.parse import unquote
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from config.settings_utils import env_int
 from config.settings_utils import env_list
 from config.settings_utils import env_str
 from config.settings_utils import require_secret_key
+from drivers import firewall
 
 # Lets admin.ModelAdmin[Model] and friends be subscripted at runtime, as the type hints do.
 django_stubs_ext.monkeypatch()
@@ -254,6 +256,24 @@ PGBOUNCER_HOST = env_str("COLTSFOOT_PGBOUNCER_HOST", "")  # address tenant conta
 PGBOUNCER_PORT = env_int("COLTSFOOT_PGBOUNCER_PORT", 6433)
 PGBOUNCER_ADMIN_DSN = env_str("COLTSFOOT_PGBOUNCER_ADMIN_DSN", "postgresql://pgbouncer@127.0.0.1:6433/pgbouncer")
 PGBOUNCER_AUTH_FILE = env_str("COLTSFOOT_PGBOUNCER_AUTH_FILE", str(DATA_DIR / "pgbouncer" / "userlist.txt"))
+
+# The host firewall (drivers/firewall.py): one nftables table per installation filtering what tenant
+# containers reach. Managed by default on Linux as root (where nft can work).
+FIREWALL = env_bool("COLTSFOOT_FIREWALL", default=firewall.managed_by_default())
+NFT_BIN = env_str("COLTSFOOT_NFT", "nft")
+TENANT_EGRESS = env_str("COLTSFOOT_TENANT_EGRESS", "public")
+try:
+    firewall.egress_parse(TENANT_EGRESS)
+except ValueError as _exc:
+    sys.stderr.write(f"coltsfoot: {_exc}.\n")
+    raise SystemExit(1) from None
+# Containers get the host's resolvers: DNS to them is allowed under every egress policy.
+FIREWALL_RESOLV_CONF = env_str("COLTSFOOT_RESOLV_CONF", "/etc/resolv.conf")
+# Hosts (besides the pip index's) that builds reach on ports 80/443 under `none` or a CIDR list.
+BUILD_EGRESS_HOSTS = env_list("COLTSFOOT_BUILD_EGRESS_HOSTS", [])
+# Reconcile passes re-apply the table (when it changed) at most this often, and at once after they
+# recreated a tenant network.
+FIREWALL_SYNC_SECONDS = env_int("COLTSFOOT_FIREWALL_SYNC_SECONDS", 30)
 TENANT_PG_CONNECTION_LIMIT = env_int("COLTSFOOT_TENANT_PG_CONNECTION_LIMIT", 10)
 TENANT_PG_STATEMENT_TIMEOUT_MS = env_int("COLTSFOOT_TENANT_PG_STATEMENT_TIMEOUT_MS", 30000)
 TENANT_PG_IDLE_TX_TIMEOUT_MS = env_int("COLTSFOOT_TENANT_PG_IDLE_TX_TIMEOUT_MS", 60000)

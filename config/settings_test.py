@@ -30,3 +30,5 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missing one
+# Unit tests never call nft (tests/unit/test_firewall.py checks the ruleset as text).
+FIREWALL = False

@@ -409,6 +409,9 @@ class LocalStack:
         say(f"  state dir    {self.state}")
         say(f"  logs         {self.log_dir}/")
         say(f"  environment  set -a; . {self.env_file}; set +a   (to run manage.py against this stack)")
+        if platform.firewall_managed:
+            egress = platform.env.get("COLTSFOOT_TENANT_EGRESS", "").strip() or "public"
+            say(f"  firewall     nft table inet {platform.firewall_table} (tenant egress: {egress})")
         say(f'Try:  curl -H "Authorization: Bearer {demo.token}" {platform.api_url}/apps')
         say("Stop: make down")
 
@@ -424,6 +427,7 @@ class LocalStack:
                     for process in reversed(platform.services):
                         self._stop_one(process)
                     self._stop_containers(platform, instance)
+                    self._firewall_remove(platform, instance)
                 elif isinstance(service, ProcessService):
                     self._stop_one(service)
             for name in ("auth-header", "response", "deploy-response"):  # left by the bash supervisor
@@ -450,6 +454,12 @@ class LocalStack:
             say(f"    {'apps':<9} stopped {count} container(s) labelled coltsfoot.instance={instance}")
         else:
             say(f"    {'apps':<9} no running containers labelled coltsfoot.instance={instance}")
+
+    def _firewall_remove(self, platform: Platform, instance: str | None) -> None:
+        if instance is None or not platform.firewall_managed:
+            return
+        platform.firewall_remove()
+        say(f"    {'firewall':<9} table inet {platform.firewall_table} removed (other tables untouched)")
 
     def status(self) -> None:
         instance = self.instance_id(create=False) if self.state.is_dir() else None

@@ -49,6 +49,7 @@ from devstack.process import port_taken
 from devstack.process import require_binary
 from devstack.process import split_host_port
 from devstack.process import system_path
+from drivers import firewall
 from drivers import pgbouncer as pgbouncer_files
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ PASSTHROUGH_ENV = (
     "COLTSFOOT_PODMAN",
     "COLTSFOOT_RUNSC",
     "COLTSFOOT_RUNSC_FLAGS",
+    "COLTSFOOT_FIREWALL",
+    "COLTSFOOT_NFT",
+    "COLTSFOOT_TENANT_EGRESS",
     "LANG",
     "TZ",
 )
@@ -948,9 +952,40 @@ class Platform(Service):
         self.manage("collectstatic", "--noinput", "--verbosity", "0")
 
     def prepare(self) -> None:
-        """What every start does first: migrate (idempotent) and collect the static files."""
+        """What every start does first: migrate, collect the static files and install the firewall table (each
+        idempotent)."""
         self.migrate()
         self.collectstatic()
+        self.firewall_apply()
+
+    # --- the host firewall (drivers/firewall.py) ------------------------------------------------------
+
+    @property
+    def firewall_managed(self) -> bool:
+        """COLTSFOOT_FIREWALL of the platform's environment (default: on under Linux as root)."""
+        return firewall.managed(self.env.get("COLTSFOOT_FIREWALL"))
+
+    @property
+    def firewall_table(self) -> str:
+        return firewall.table_name(self.instance_id)
+
+    def firewall_apply(self, *args: str) -> dict[str, str]:
+        """`manage.py firewall_apply ARGS`: install (or replace, idempotently) this instance's nftables table
+        before the worker starts; the command's JSON summary. A no-op when the platform does not manage it."""
+        result = self.manage("firewall_apply", *args)
+        return json_line(result.stdout, {"managed"}) or {}
+
+    def firewall_remove(self) -> None:
+        """Remove this instance's table (and nothing else). Never raises: teardown must go on."""
+        if not self.firewall_managed:
+            return
+        nft = shutil.which(self.env.get("COLTSFOOT_NFT", "nft"), path=system_path())
+        if nft is None:
+            return
+        try:
+            firewall.remove(self.firewall_table, nft=nft)
+        except (firewall.FirewallError, ValueError) as exc:
+            logger.warning("removing the firewall table %s failed: %s", self.firewall_table, exc)
 
     def create_tenant(self, slug: str) -> dict[str, str]:
         """`manage.py create_tenant SLUG` -> {"tenant_id": ..., "token": ...} from its one JSON line."""
@@ -964,14 +999,15 @@ class Platform(Service):
     # --- the processes -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Migrate and collect the static files, then the worker, beat (unless with_beat=False) and the API."""
+        """Migrate, collect the static files and install the firewall table, then the worker, beat (unless
+        with_beat=False) and the API."""
         self.prepare()
         for service in self.services:
             service.start()
 
     def ensure(self) -> bool:
-        """`make up`: migrate (idempotent) and collect the static files, then start whichever process is not
-        running. True if any was."""
+        """`make up`: migrate, collect the static files and install the firewall table (all idempotent), then
+        start whichever process is not running. True if any was."""
         self.prepare()
         started = False
         for service in self.services:  # every one, not just up to the first that was started
@@ -988,6 +1024,7 @@ class Platform(Service):
         """Stop the API, beat and worker, then deal with this instance's podman objects (see ContainerPolicy)."""
         for service in reversed([self.collector, self.worker, self.beat, self.api]):
             service.stop()
+        self.firewall_remove()
         # After the worker is gone, so nothing recreates containers behind our back.
         if containers == "purge":
             self.cleanup_podman()

@@ -74,8 +74,8 @@ class Stack:
 
     def up(self, *, report: Report | None = None, before_platform: Callable[[], None] | None = None) -> None:
         """Start whatever is not running (adopting what runs from its pid file), in order, each waited for.
-        The platform is migrated and its static files collected first (idempotent, before the API starts);
-        `before_platform` runs right after that."""
+        The platform is migrated, its static files collected and its firewall table installed first (all
+        idempotent, before the API starts); `before_platform` runs right after that."""
         for service in self.services:
             if isinstance(service, Platform):
                 service.prepare()

@@ -942,3 +942,18 @@ def secret_remove(name: str) -> None:
         run(secret_rm_argv(name))
     except PodmanNotFound:
         return
+
+
+def network_interfaces_with_label(key: str, value: str) -> dict[str, str]:
+    """Network name -> its bridge on the host (CNI's `cni-podmanN`) for the networks carrying the
+    label, in one podman call. The firewall filters traffic by these interface names."""
+    entries = json.loads(run(network_ls_json_argv(key, value)) or "[]") or []
+    found: dict[str, str] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        name = entry.get("name") or entry.get("Name")
+        interface = entry.get("network_interface") or entry.get("NetworkInterface")
+        if isinstance(name, str) and name and isinstance(interface, str) and interface:
+            found[name] = interface
+    return found

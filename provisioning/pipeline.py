@@ -38,6 +38,7 @@ from platform_apps.deployments.services import git_validate
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
+from provisioning.firewall import firewall_ensure_for_network
 from provisioning.runtime import resolve_for_runtime
 from provisioning.runtime import tenant_network
 
@@ -221,6 +222,8 @@ def network_ensure(deployment: Deployment) -> None:
         tenant_network(tenant.public_id),
         {"coltsfoot.instance": str(settings.INSTANCE_ID), "coltsfoot.tenant": str(tenant.public_id)},
     )
+    # Before any container runs on it: a new network's bridge is unfiltered until the table lists it.
+    firewall_ensure_for_network()
 
 
 def deps_image_ref(tenant_id: uuid.UUID, base_image_id: str, files: dict[str, bytes]) -> str:

@@ -43,6 +43,7 @@ from platform_apps.models import App
 from platform_apps.models import Deployment
 from provisioning import addons
 from provisioning import pipeline
+from provisioning.firewall import firewall_sync
 from provisioning.reconciler import collector
 from provisioning.reconciler import lease as named_lease
 from provisioning.reconciler.runner import reconcile_pass
@@ -464,6 +465,10 @@ def reconcile(self: PlatformTask) -> dict[str, object]:
         # A crashed replica's backoff ends before the next periodic pass: come back for it then.
         with contextlib.suppress(*BROKER_ERRORS):
             reconcile.apply_async(countdown=max(0.5, report.wake_in))
+    # A network the pass recreated (at once), one removed since, the index's addresses (every
+    # FIREWALL_SYNC_SECONDS): the table follows. Last, so it never delays a restart the pass scheduled.
+    actions = counts["pass"].get("actions") if isinstance(counts["pass"], dict) else None
+    counts["firewall"] = firewall_sync(force=isinstance(actions, dict) and bool(actions.get("network_created")))
     return counts
 
 

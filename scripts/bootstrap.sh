@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # chromium + chromium-driver: the browser tests of the admin and the API docs (browsers are never downloaded).
 APT_PACKAGES=(podman runsc caddy pgbouncer postgresql redis-server debootstrap git curl ca-certificates docker-registry
-  chromium chromium-driver)
+  nftables chromium chromium-driver)
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
