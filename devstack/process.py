@@ -156,6 +156,21 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes in process group `pgid`, read from /proc."""
+    members = []
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = stat_path.read_text()
+        except OSError:
+            continue  # exited while we looked
+        fields = stat.rpartition(") ")[2].split()
+        # After the command name: state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[0] != "Z" and fields[2] == str(pgid):
+            members.append(int(stat_path.parent.name))
+    return members
+
+
 def read_cmdline(pid: int) -> str | None:
     """The process's command line with spaces for NULs, or None if it cannot be read right now."""
     try:
@@ -346,6 +361,11 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         self._wait_gone(10.0)
+        # The leader is reaped first; its children (granian or gunicorn workers holding the listening socket)
+        # may take a moment longer to die, and a start on the same port must not find them still there.
+        deadline = deadline_after(10.0)
+        while group_members(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _wait_gone(self, timeout: float) -> bool:
         if self.proc is not None:

@@ -24,12 +24,14 @@ Checked against podman 4.3.1 (Debian 12):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import re
 import subprocess
 from collections.abc import Mapping
 from collections.abc import Sequence
+from datetime import datetime
 
 from django.conf import settings
 
@@ -795,9 +797,41 @@ def container_log_paths(ids: Sequence[str]) -> dict[str, str]:
 
 def networks_with_label(key: str, value: str) -> set[str]:
     """The names of the networks carrying the label, in one podman call."""
-    entries = json.loads(run(network_ls_json_argv(key, value)) or "[]") or []
-    names = {entry.get("name") or entry.get("Name") for entry in entries if isinstance(entry, dict)}
-    return {name for name in names if isinstance(name, str) and name}
+    return set(networks_observe(key, value))
+
+
+def parse_network_ls_json(output: str) -> dict[str, float]:
+    """Parse `podman network ls --format json`: each network's name and when it was created (unix seconds,
+    0 if podman did not say). A network removed and created again under the same name has a new time."""
+    entries = json.loads(output or "[]") or []
+    networks: dict[str, float] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        name = entry.get("name") or entry.get("Name")
+        if not isinstance(name, str) or not name:
+            continue
+        networks[name] = _rfc3339_seconds(entry.get("created") or entry.get("Created"))
+    return networks
+
+
+def _rfc3339_seconds(value: object) -> float:
+    """'2026-12-01T12:49:16.504213802Z' -> unix seconds (podman gives nanoseconds; Python parses micro)."""
+    if not isinstance(value, str) or not value:
+        return 0.0
+    head, dot, rest = value.partition(".")
+    if dot:
+        digits = "".join(itertools.takewhile(str.isdigit, rest))
+        value = f"{head}.{digits[:6]}{rest[len(digits) :]}"
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def networks_observe(key: str, value: str) -> dict[str, float]:
+    """The networks carrying the label with their creation times, in one podman call."""
+    return parse_network_ls_json(run(network_ls_json_argv(key, value)))
 
 
 @dataclasses.dataclass(frozen=True)

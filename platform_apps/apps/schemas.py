@@ -88,7 +88,7 @@ class ReplicaOut(Schema):
     restarts: int = Field(description="How often the platform replaced it since the deployment started it.")
     last_exit_code: int | None
     last_exit_reason: str | None = Field(
-        description="Why it last stopped: exited, killed, oom_killed, unhealthy, vanished, start_failed."
+        description="Why it last stopped: exited, killed, oom_killed, unhealthy, vanished, detached, start_failed."
     )
     started_at: datetime | None
     next_restart_at: datetime | None = Field(description="While crashed: when the platform restarts it.")

@@ -17,6 +17,7 @@ from caddy.routes import route_id
 from caddy.routes import route_upstreams
 from caddy.routes import suspended_route
 from caddy.routes import unavailable_route
+from drivers.podman import ObservedContainer
 from provisioning.reconciler.state import Desired
 from provisioning.reconciler.state import EdgeLoad
 from provisioning.reconciler.state import JsonObject
@@ -77,6 +78,9 @@ def plan_replicas(
         for replica in app.replicas:
             wanted.add(replica.name)
             container = observed.containers.get(replica.name)
+            if container is not None and container.running and _detached(app, container, observed):
+                actions.append(ReplicaExited(app, replica, None, "detached", container_present=True))
+                continue
             if container is not None and container.running:
                 if replica.state != RUNNING:
                     actions.append(ReplicaCheck(app, replica))
@@ -94,6 +98,14 @@ def plan_replicas(
         if reason:
             actions.append(OrphanRemove(name, reason))
     return actions
+
+
+def _detached(app: LiveApp, container: ObservedContainer, observed: Observed) -> bool:
+    """Whether a running container cannot be on its app's network: the network was created (again) after the
+    container (podman's container times are whole seconds, hence the second of slack). Such a replica runs but
+    nothing can reach it, so it is replaced. A missing network is created first; the next pass sees its time."""
+    network_created = observed.network_created.get(app.network, 0.0)
+    return bool(network_created and container.created_at and container.created_at + 1.0 <= network_created)
 
 
 def _orphan_reason(desired: Desired, observed: Observed, name: str, now: datetime, grace: timedelta) -> str:

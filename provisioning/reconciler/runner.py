@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db.models import F
@@ -155,16 +156,17 @@ def observe(caddy: CaddyClient) -> tuple[Observed, bool]:
     and whether Caddy could be read (routes are left alone when it could not)."""
     instance = str(settings.INSTANCE_ID)
     containers = {c.name: c for c in podman.containers_observe(INSTANCE_LABEL, instance)}
-    networks = frozenset(podman.networks_with_label(INSTANCE_LABEL, instance))
+    created = podman.networks_observe(INSTANCE_LABEL, instance)
+    seen = partial(Observed, containers=containers, networks=frozenset(created), network_created=created)
     try:
         routes = caddy.edge_routes()
     except CaddyError as exc:
         logger.warning("reconcile: the edge could not be read; routes are left as they are: %s", exc)
-        return Observed(containers=containers, routes={}, networks=networks), False
+        return seen(routes={}), False
     if routes is None:
-        return Observed(containers=containers, routes=None, networks=networks, catchall=False), True
+        return seen(routes=None, catchall=False), True
     by_id = {str(route.get("@id")): route for route in routes if route.get("@id")}
-    return Observed(containers=containers, routes=by_id, networks=networks, catchall=CATCHALL_ROUTE_ID in by_id), True
+    return seen(routes=by_id, catchall=CATCHALL_ROUTE_ID in by_id), True
 
 
 # --- Acting ---------------------------------------------------------------------------------
@@ -229,7 +231,7 @@ def _record_exit(
             output = podman.container_logs(replica.name, tail=LAST_OUTPUT_LINES)
         except podman.PodmanNotFound:
             output = ""  # removed since the pass observed it
-    crashed = reason != "vanished"
+    crashed = reason not in {"vanished", "detached"}  # the platform lost it: not the app's crash
     streak = replica.crash_streak + 1 if crashed else replica.crash_streak
     delay = planner.restart_delay(
         streak if crashed else 0, base=settings.RESTART_BACKOFF_BASE_SECONDS, cap=settings.RESTART_BACKOFF_CAP_SECONDS
@@ -243,12 +245,13 @@ def _record_exit(
     )
     what = {
         "vanished": "is gone (its container no longer exists)",
+        "detached": "lost its network (the tenant network was removed)",
         "killed": "was killed",
         "oom_killed": "was killed: out of memory",
         "unhealthy": "did not answer HTTP on $PORT in time",
         "start_failed": "could not be started",
     }.get(reason, "exited")
-    exit_part = f" with exit code {code}" if code is not None and reason != "vanished" else ""
+    exit_part = f" with exit code {code}" if code is not None and crashed else ""
     when = "now" if delay == 0 else f"in {delay:g} s"
     text = f"-----> {_source(replica.index)} {what}{exit_part}; restarting it {when}"
     pipeline.app_event(deployments.get(app.deployment_id), text.removeprefix("-----> "))

@@ -7,6 +7,7 @@ Plain frozen dataclasses, so the planner is a pure function that unit tests driv
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
@@ -70,6 +71,8 @@ class Observed:
     networks: frozenset[str]
     # Whether the catch-all route is there (only meaningful when `routes` is not None).
     catchall: bool = True
+    # When each network was created (unix seconds): a container older than its network is not on it.
+    network_created: Mapping[str, float] = field(default_factory=dict)
 
 
 # --- Actions --------------------------------------------------------------------------------
@@ -88,7 +91,7 @@ class ReplicaExited:
     app: LiveApp
     replica: ReplicaRow
     exit_code: int | None
-    reason: str  # exited, killed, vanished (check for oom_killed happens when acting)
+    reason: str  # exited, killed, vanished, detached (check for oom_killed happens when acting)
     container_present: bool
 
 

@@ -97,6 +97,7 @@ class FakePodman:
         self.oneoff_results: dict[str, tuple[int, str]] = {}  # by role label: (exit code, output)
         self.secrets: dict[str, str] = {}
         self.networks: dict[str, dict[str, str]] = {}
+        self.network_created: dict[str, float] = {}
         self.broken_images: set[str] = set()  # their containers exit at once and never answer
         self.deaf_images: set[str] = set()  # their containers run but never answer HTTP
         self.output: dict[str, str] = {}  # image -> what its containers print
@@ -145,7 +146,16 @@ class FakePodman:
     # -- drivers.podman operations ----------------------------------------------------
 
     def network_ensure(self, name: str, labels: Any = None) -> None:
-        self.networks.setdefault(name, dict(labels or {}))
+        if name not in self.networks:
+            self.networks[name] = dict(labels or {})
+            self.network_created[name] = time.time()
+
+    def network_remove(self, name: str) -> None:
+        """`podman network rm --force`: the network and the containers on it."""
+        self.networks.pop(name, None)
+        self.network_created.pop(name, None)
+        for container_name in [n for n, c in self.containers.items() if c.spec.network == name]:
+            self.container_remove(container_name)
 
     def image_exists(self, ref: str) -> bool:
         return ref in self.images
@@ -325,7 +335,14 @@ class FakePodman:
         ]
 
     def networks_with_label(self, key: str, value: str) -> set[str]:
-        return {name for name, labels in self.networks.items() if labels.get(key) == value}
+        return set(self.networks_observe(key, value))
+
+    def networks_observe(self, key: str, value: str) -> dict[str, float]:
+        return {
+            name: self.network_created.get(name, 0.0)
+            for name, labels in self.networks.items()
+            if labels.get(key) == value
+        }
 
     def container_exit_state(self, name: str) -> podman.ExitState | None:
         container = self.containers.get(name)

@@ -16,6 +16,7 @@ from devstack import process as process_module
 from devstack.process import ServiceError
 from devstack.process import cmdline_matches
 from devstack.process import free_port
+from devstack.process import group_members
 from devstack.process import pid_alive
 from devstack.process import port_taken
 from devstack.services import ProcessService
@@ -44,6 +45,24 @@ print("reading config", flush=True)
 time.sleep(float(sys.argv[3]))
 print("FATAL: bad value for listen_port", file=sys.stderr, flush=True)
 sys.exit(3)
+"""
+
+
+# Like granian or gunicorn: the leader binds, forks workers that inherit the listening socket, and waits.
+PREFORK_SERVER = """
+import os, socket, sys, time
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[2])))
+server.listen()
+for _ in range(3):
+    if os.fork() == 0:
+        while True:
+            conn, _ = server.accept()
+            conn.close()
+print("listening", flush=True)
+while True:
+    time.sleep(1)
 """
 
 
@@ -200,3 +219,19 @@ def test_a_start_on_a_taken_port_names_the_variable_that_moves_it(servers):
         with pytest.raises(ServiceError, match=r"already taken .*; free it or set COLTSFOOT_FAKE_PORT"):
             server.start()
     assert server.pid is None
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_a_killed_or_stopped_prefork_service_starts_again_on_its_own_port(servers, how):
+    server = servers(PREFORK_SERVER)
+    server.listens = lambda: [("127.0.0.1", server.port)]
+    for _ in range(3):
+        server.start()
+        group = server.pid
+        assert group is not None
+        assert len(group_members(group)) == 4  # the leader and its three workers
+
+        getattr(server, how)()
+
+        assert group_members(group) == []
+        assert not port_taken("127.0.0.1", server.port)

@@ -632,3 +632,16 @@ def test_base_image_from_a_registry_is_pulled_not_built(settings):
         assert base_image.base_image_ensure() == "def"
     pull.assert_called_once_with("registry.example/python-base:3", tls_verify=True)
     build.assert_not_called()
+
+
+def test_network_listing_gives_each_network_its_creation_time():
+    output = """[
+      {"name": "cf-t-a", "created": "2026-12-01T12:49:16.504213802Z", "labels": {"coltsfoot.instance": "x"}},
+      {"name": "cf-t-b", "created": "2026-12-01T12:49:16+00:00"},
+      {"name": "cf-t-c"},
+      {"created": "2026-12-01T12:49:16Z"},
+      "junk"
+    ]"""
+    networks = podman.parse_network_ls_json(output)
+    assert networks == {"cf-t-a": pytest.approx(1796129356.504214), "cf-t-b": 1796129356.0, "cf-t-c": 0.0}
+    assert podman.parse_network_ls_json("") == {}

@@ -104,12 +104,16 @@ def container(
 
 
 def observed(
-    *containers: podman.ObservedContainer, networks: tuple[str, ...] = (NETWORK,), routes: dict[str, Any] | None = None
+    *containers: podman.ObservedContainer,
+    networks: tuple[str, ...] = (NETWORK,),
+    routes: dict[str, Any] | None = None,
+    network_age: float = 7200.0,
 ) -> Observed:
     return Observed(
         containers={c.name: c for c in containers},
         routes={} if routes is None else routes,
         networks=frozenset(networks),
+        network_created={network: NOW.timestamp() - network_age for network in networks},
     )
 
 
@@ -179,6 +183,19 @@ NAME0 = R0.name
 )
 def test_replica_decisions(replica: ReplicaRow, seen: Observed, expected: list[Any]):
     assert plan(Desired(apps=(live(replica),)), seen) == expected
+
+
+@pytest.mark.parametrize(
+    ("container_age", "network_age", "replaced"),
+    [
+        pytest.param(3600, 7200, False, id="network older than the container: on it"),
+        pytest.param(3600, 60, True, id="network created again after the container: cut off"),
+        pytest.param(60.5, 60, False, id="the same second (podman's precision): given the benefit of the doubt"),
+    ],
+)
+def test_a_running_replica_older_than_its_network_is_replaced(container_age: float, network_age: float, replaced: bool):
+    actions = plan(Desired(apps=(live(R0),)), observed(container(NAME0, age=container_age), network_age=network_age))
+    assert actions == ([ReplicaExited(live(R0), R0, None, "detached", container_present=True)] if replaced else [])
 
 
 def test_a_missing_tenant_network_is_created_before_anything_else():
@@ -430,7 +447,7 @@ def test_a_pass_with_nothing_to_do_observes_once_and_changes_nothing(
 
     assert report.actions == {}
     assert report.errors == 0
-    assert podman_calls() == {"containers_observe": 1, "networks_with_label": 1}
+    assert podman_calls() == {"containers_observe": 1, "networks_observe": 1}
     assert routes.reads == 1
     assert routes.writes == writes
     assert routes.loads == 0
@@ -582,6 +599,39 @@ def test_a_removed_network_is_recreated_and_an_orphan_removed(app: App, fake_pod
     assert report.actions["network_created"] == 1
     assert "tsl-stray" not in fake_podman.containers
     assert [r.state for r in replicas_of(live_deployment)] == ["running", "running"]
+
+
+def test_replicas_started_on_a_network_that_was_then_removed_are_replaced_on_the_new_one(
+    app: App, fake_podman: FakePodman, routes: FakeRoutes
+):
+    """`podman network rm --force` racing a pass: the pass restarted the replicas on the network about to
+    go, so they run, unreachable. The next pass, seeing the network newer than them, replaces them."""
+    live_deployment = go_live(app)
+    network = runtime.tenant_network(app.tenant.public_id)
+    names = [r.name for r in replicas_of(live_deployment)]
+    for name in names:
+        fake_podman.containers[name].created_at -= 60
+    first_ids = {name: id(fake_podman.containers[name]) for name in names}
+    labels = fake_podman.networks[network]
+    fake_podman.network_remove(network)
+    fake_podman.network_ensure(network, labels)
+    # The replicas outlived their network (they were started on it just before it went).
+    for name in names:
+        fake_podman.containers[name] = fake_podman.removed.pop()
+        fake_podman.containers[name].running = True
+        fake_podman.containers[name].created_at = fake_podman.network_created[network] - 30
+
+    report = reconcile_pass()
+
+    assert report.actions["replica_detached"] == 2
+    assert all(id(fake_podman.containers[name]) != first_ids[name] for name in names)
+    assert [r.state for r in replicas_of(live_deployment)] == ["running", "running"]
+    assert [r.last_exit_reason for r in replicas_of(live_deployment)] == ["detached", "detached"]
+    assert [r.crash_streak for r in replicas_of(live_deployment)] == [0, 0]  # not the app's fault
+    assert sorted(routes.table[app.public_id]) == sorted(
+        f"{fake_podman.containers[name].address}:8000" for name in names
+    )
+    assert reconcile_pass().actions == {}
 
 
 def test_containers_of_another_installation_are_never_touched(app: App, fake_podman: FakePodman):
