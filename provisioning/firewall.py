@@ -6,7 +6,7 @@ instance's tenant bridges from podman, the index host's addresses from DNS), and
 - at start (`manage.py firewall_apply`, which `make up` and the test stacks run before the worker starts);
 - whenever the pipeline has ensured a tenant network, before any container runs on it (a new network's bridge
   must be in the table first, or its containers would be unfiltered);
-- after a reconcile pass that recreated a network, at once, and from reconcile passes every
+- when a reconcile pass recreates a network, before it restarts replicas there, and from reconcile passes every
   COLTSFOOT_FIREWALL_SYNC_SECONDS otherwise (a bridge name freed by a removed network, the index host's
   addresses moving, a table someone deleted); `nft` runs only when the content differs.
 

@@ -465,10 +465,10 @@ def reconcile(self: PlatformTask) -> dict[str, object]:
         # A crashed replica's backoff ends before the next periodic pass: come back for it then.
         with contextlib.suppress(*BROKER_ERRORS):
             reconcile.apply_async(countdown=max(0.5, report.wake_in))
-    # A network the pass recreated (at once), one removed since, the index's addresses (every
-    # FIREWALL_SYNC_SECONDS): the table follows. Last, so it never delays a restart the pass scheduled.
-    actions = counts["pass"].get("actions") if isinstance(counts["pass"], dict) else None
-    counts["firewall"] = firewall_sync(force=isinstance(actions, dict) and bool(actions.get("network_created")))
+    # A network removed since, the index's addresses moving, a table someone deleted (every
+    # FIREWALL_SYNC_SECONDS; a network the pass recreated was filtered by the pass itself, before its
+    # replicas started). Last, so it never delays a restart the pass scheduled.
+    counts["firewall"] = firewall_sync()
     return counts
 
 

@@ -28,12 +28,14 @@ from caddy.client import CaddyClient
 from caddy.client import CaddyError
 from caddy.routes import CATCHALL_ROUTE_ID
 from core.faults import DeployError
+from drivers import firewall
 from drivers import podman
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
 from provisioning import pipeline
 from provisioning import runtime
+from provisioning.firewall import firewall_ensure_for_network
 from provisioning.reconciler import planner
 from provisioning.reconciler.state import Desired
 from provisioning.reconciler.state import EdgeLoad
@@ -57,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 INSTANCE_LABEL = "coltsfoot.instance"
 LAST_OUTPUT_LINES = 30
-_REPAIR_ERRORS = (podman.PodmanError, CaddyError, DeployError, ValueError)
+_REPAIR_ERRORS = (podman.PodmanError, CaddyError, DeployError, firewall.FirewallError, ValueError)
 
 
 @dataclass
@@ -338,13 +340,21 @@ def execute_replica_actions(
     deployments = _Deployments()
     serving: dict[str, str] = {}
     pending: list[_Pending] = []
+    # Networks that could not be recreated, or whose bridge is not filtered yet: nothing starts on them.
+    unsafe: set[str] = set()
     for action in actions:
+        if isinstance(action, ReplicaExited | ReplicaStart) and action.app.network in unsafe:
+            report.errors += 1
+            continue
         try:
             if isinstance(action, NetworkCreate):
+                unsafe.add(action.network)
                 podman.network_ensure(
                     action.network,
                     {INSTANCE_LABEL: str(settings.INSTANCE_ID), "coltsfoot.tenant": str(action.tenant_id)},
                 )
+                firewall_ensure_for_network()  # its new bridge is filtered before a replica runs on it
+                unsafe.discard(action.network)
                 logger.info("tenant network recreated", extra={"tenant_id": str(action.tenant_id)})
                 report.count("network_created")
             elif isinstance(action, OrphanRemove):

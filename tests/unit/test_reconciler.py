@@ -8,11 +8,13 @@ import uuid
 from datetime import datetime
 from datetime import timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.utils import timezone
 
 from caddy import routes as caddy_routes
+from drivers import firewall
 from drivers import podman
 from platform_apps.models import App
 from platform_apps.models import Deployment
@@ -598,6 +600,31 @@ def test_a_removed_network_is_recreated_and_an_orphan_removed(app: App, fake_pod
     assert network in fake_podman.networks
     assert report.actions["network_created"] == 1
     assert "tsl-stray" not in fake_podman.containers
+    assert [r.state for r in replicas_of(live_deployment)] == ["running", "running"]
+
+
+def test_a_recreated_network_whose_bridge_cannot_be_filtered_gets_no_replica(
+    app: App, fake_podman: FakePodman, routes: FakeRoutes
+):
+    live_deployment = go_live(app)
+    network = runtime.tenant_network(app.tenant.public_id)
+    fake_podman.network_remove(network)
+    started = list(fake_podman.started)
+    with mock.patch(
+        "provisioning.reconciler.runner.firewall_ensure_for_network",
+        autospec=True,
+        side_effect=firewall.FirewallError("nft: Operation not permitted"),
+    ) as ensure:
+        report = reconcile_pass()
+    ensure.assert_called_once_with()
+    assert network in fake_podman.networks
+    assert fake_podman.started == started  # nothing ran unfiltered
+    assert report.errors == 3  # the firewall, then each of the two replicas left for the next pass
+    assert routes.table[app.public_id] == []  # the 503 page meanwhile
+
+    report = reconcile_pass()  # the firewall applies now
+
+    assert report.actions["replica_started"] == 2
     assert [r.state for r in replicas_of(live_deployment)] == ["running", "running"]
 
 
