@@ -3,7 +3,11 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib import messages
 from django.db.models import Count
+from django.db.models import DecimalField
+from django.db.models import ExpressionWrapper
+from django.db.models import F
 from django.db.models import QuerySet
+from django.db.models import Sum
 from django.http import HttpRequest
 
 from tenants.models import ApiToken
@@ -20,6 +24,8 @@ class TenantAdmin(admin.ModelAdmin[Tenant]):
         "max_apps",
         "max_replicas",
         "max_memory_mb",
+        "cpus_in_use",
+        "max_cpus",
         "created_at",
     ]
     list_filter = ["status", "created_at"]
@@ -28,11 +34,26 @@ class TenantAdmin(admin.ModelAdmin[Tenant]):
     actions = ["suspend", "reactivate"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
-        return super().get_queryset(request).annotate(_app_count=Count("apps"))
+        # One join, two aggregates over the same rows: no N+1 and no double counting.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _app_count=Count("apps"),
+                _cpus_in_use=Sum(
+                    ExpressionWrapper(F("apps__replicas") * F("apps__cpus"), output_field=DecimalField()),
+                ),
+            )
+        )
 
     @admin.display(description="apps", ordering="_app_count")
     def app_count(self, obj: Tenant) -> int:
         return int(getattr(obj, "_app_count", 0))
+
+    @admin.display(description="CPUs in use", ordering="_cpus_in_use")
+    def cpus_in_use(self, obj: Tenant) -> str:
+        """replicas x cpus over the tenant's apps, the figure `max_cpus` limits."""
+        return f"{float(getattr(obj, '_cpus_in_use', None) or 0):.2f}"
 
     @admin.action(description="Suspend selected tenants (their tokens get 403)")
     def suspend(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:

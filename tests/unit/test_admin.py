@@ -87,3 +87,13 @@ def test_token_hash_is_read_only(staff: Client, owner: Actor):
     assert token.token_hash in page  # shown, read-only
     assert 'name="token_hash"' not in page
     assert owner.token not in page
+
+
+def test_tenant_changelist_shows_cpu_quota_and_use_and_the_form_edits_it(staff: Client, owner: Actor):
+    owner.call("POST", "/apps", {"name": "a", "replicas": 2, "cpus": 0.75})
+    owner.call("POST", "/apps", {"name": "b", "replicas": 1, "cpus": 1.0})
+    page = staff.get("/admin/tenants/tenant/").content.decode()
+    assert "CPUs in use" in page
+    assert "2.50" in page  # 2 x 0.75 + 1
+    form = staff.get(f"/admin/tenants/tenant/{owner.tenant.pk}/change/").content.decode()
+    assert 'name="max_cpus"' in form
