@@ -12,9 +12,11 @@ import django_stubs_ext
 
 from config.settings_utils import data_dir
 from config.settings_utils import env_bool
+from config.settings_utils import env_float
 from config.settings_utils import env_int
 from config.settings_utils import env_list
 from config.settings_utils import env_str
+from config.settings_utils import host_cpu_count
 from config.settings_utils import require_secret_key
 from drivers import firewall
 
@@ -186,7 +188,20 @@ IMAGE_PULL_TLS_VERIFY = env_bool("COLTSFOOT_IMAGE_PULL_TLS_VERIFY", default=True
 # means its worker died, and the reconciler queues the deployment again.
 LEASE_SECONDS = env_int("COLTSFOOT_LEASE_SECONDS", 60)
 HEARTBEAT_SECONDS = max(1, LEASE_SECONDS // 6)
+_cgroup_parent = env_str("COLTSFOOT_TENANT_CGROUP_PARENT", "/coltsfoot-tenants")
 TENANT_UID_BASE = env_int("COLTSFOOT_TENANT_UID_BASE", 200000)
+
+# Resource fairness (README "Resource limits"). Every tenant container runs in a cgroup of its tenant under
+# TENANT_CGROUP_PARENT ("none": podman's default parent, no CPU weight), whose CPU weight (cgroup v2 units,
+# 1-10000; the platform's own processes have the default 100; on cgroup v1 it becomes cpu.shares =
+# weight x 1024 / 100) keeps the API and the edge responsive while tenants burn CPU. TENANT_PIDS_MAX caps the
+# host pids (threads) of all tenant containers together; 0 means half the host's kernel.pid_max.
+TENANT_CGROUP_PARENT = "" if _cgroup_parent.lower() == "none" else _cgroup_parent
+TENANT_CPU_WEIGHT = env_int("COLTSFOOT_TENANT_CPU_WEIGHT", 10)
+TENANT_PIDS_MAX = env_int("COLTSFOOT_TENANT_PIDS_MAX", 0)
+CGROUP_ROOT = Path(env_str("COLTSFOOT_CGROUP_ROOT", "/sys/fs/cgroup"))
+# One replica may not ask for more CPUs than the host has.
+MAX_CPUS_PER_REPLICA = env_float("COLTSFOOT_MAX_CPUS_PER_REPLICA", float(host_cpu_count()))
 
 # Source archive limits (tenant input is hostile).
 SOURCE_MAX_UPLOAD_BYTES = env_int("COLTSFOOT_SOURCE_MAX_UPLOAD_BYTES", 50 * 1024 * 1024)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "unit-tests-only-not-a-secret")
 os.environ.setdefault("COLTSFOOT_DATA_DIR", tempfile.mkdtemp(prefix="coltsfoot-test-"))
@@ -32,3 +33,6 @@ WHITENOISE_USE_FINDERS = True
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missing one
 # Unit tests never call nft (tests/unit/test_firewall.py checks the ruleset as text).
 FIREWALL = False
+# Never the host's real /sys/fs/cgroup (the tests run as root here): an empty directory, which
+# drivers.cgroups sees as "no cgroup filesystem"; its own tests point it at a fake tree.
+CGROUP_ROOT = Path(tempfile.mkdtemp(prefix="coltsfoot-test-cgroup-"))

@@ -6,6 +6,7 @@ them before Django is configured.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -47,6 +48,28 @@ def env_int(name: str, default: int) -> int:
     except ValueError:
         sys.stderr.write(f"coltsfoot: {name} must be an integer, got {raw!r}.\n")
         raise SystemExit(1) from None
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        sys.stderr.write(f"coltsfoot: {name} must be a positive number, got {raw!r}.\n")
+        raise SystemExit(1)
+    return value
+
+
+def host_cpu_count() -> int:
+    """The CPUs this process may run on (its affinity, which a container or taskset narrows), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity outside Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def env_list(name: str, default: list[str]) -> list[str]:

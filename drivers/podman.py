@@ -36,6 +36,7 @@ from datetime import datetime
 from django.conf import settings
 
 from core.faults import InfrastructureError
+from drivers import cgroups
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,252}$")
 # An image reference as podman accepts it (name[:tag][@digest]); above all it cannot start with
 # "-", so a tenant's `{"image": "--privileged"}` can never be parsed as a flag.
 _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,510}$")
+# Both are used with fullmatch (a "$" would let a trailing newline through).
+_CGROUP_PATH_RE = re.compile(r"(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}){1,8}")
+_SLICE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.slice")
 
 # Sub-commands (first one or two words) that only read state: logged at debug, not info.
 _READ_ONLY_COMMANDS = frozenset(
@@ -166,6 +170,12 @@ class ContainerSpec:
     # (Debian's /bin/sh) the shell stays PID 1 and the app is killed without draining. Images
     # without bash (a tenant's own image) can use "/bin/sh".
     shell_path: str = "/bin/bash"
+    # RLIMIT_NPROC inside the sandbox: gVisor enforces it on the guest's processes and threads, so a fork
+    # bomb gets EAGAIN there long before `pids_limit` (host pids, which gVisor's own threads use too) is hit
+    # and the whole sandbox dies. 0: not set.
+    nproc_limit: int = 0
+    # The cgroup the container's cgroup is created under ("": podman's default), see `cgroup_parent_ensure`.
+    cgroup_parent: str = ""
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -175,6 +185,10 @@ class ContainerSpec:
             raise ValueError("uid and gid must be non-negative")
         if self.memory_mb <= 0 or self.cpus <= 0 or self.pids_limit <= 0 or self.tmpfs_size_mb <= 0:
             raise ValueError("memory_mb, cpus, pids_limit and tmpfs_size_mb must be positive")
+        if self.nproc_limit < 0:
+            raise ValueError("nproc_limit must not be negative")
+        if self.cgroup_parent:
+            _check_cgroup_path(self.cgroup_parent)
         for key, value in self.env.items():
             _check_env_name(key)
             _check_arg(value, f"value of {key}")
@@ -208,6 +222,12 @@ def _check_name(name: str) -> None:
 def _check_ref(ref: str) -> None:
     if not _REF_RE.match(ref):
         raise ValueError(f"invalid image reference: {ref!r}")
+
+
+def _check_cgroup_path(path: str) -> None:
+    """An absolute cgroupfs path of plain components, or a systemd slice name."""
+    if not (_CGROUP_PATH_RE.fullmatch(path) or _SLICE_RE.fullmatch(path)):
+        raise ValueError(f"invalid cgroup parent: {path!r}")
 
 
 def _check_path(path: str) -> None:
@@ -251,6 +271,8 @@ def _sandbox_args(spec: ContainerSpec) -> list[str]:
         f"--memory-swap={spec.memory_mb}m",
         f"--cpus={spec.cpus:g}",
         f"--pids-limit={spec.pids_limit}",
+        *([f"--ulimit=nproc={spec.nproc_limit}:{spec.nproc_limit}"] if spec.nproc_limit else []),
+        *([f"--cgroup-parent={spec.cgroup_parent}"] if spec.cgroup_parent else []),
         f"--log-opt=max-size={LOG_MAX_SIZE}",
         "--user",
         f"{spec.uid}:{spec.gid}",
@@ -627,6 +649,8 @@ def network_gateway(name: str) -> str:
 
 def container_run_detached(spec: ContainerSpec) -> str:
     """Start the container; returns its id."""
+    if spec.cgroup_parent:
+        cgroups.parent_ensure()
     return run(run_detached_argv(spec)).strip()
 
 
@@ -866,6 +890,8 @@ def oneoff_run(spec: ContainerSpec, *, timeout: float, remove: bool = True) -> t
     stays for `image_commit`; the caller removes it.
     """
     container_remove(spec.name)  # a stale one from a crashed attempt holds the name
+    if spec.cgroup_parent:
+        cgroups.parent_ensure()
     try:
         output = run(run_oneoff_argv(spec, remove=remove), timeout=timeout)
     except PodmanError as exc:

@@ -32,6 +32,7 @@ from caddy.client import CaddyClient
 from core.faults import PlatformError
 from core.faults import UserError
 from drivers import buildpack
+from drivers import cgroups
 from drivers import logstore
 from drivers import podman
 from platform_apps.deployments.services import git_validate
@@ -50,7 +51,16 @@ DEPS_IMAGE_REPO = "localhost/coltsfoot-deps"
 # On a built app image: the dependency image it was built FROM.
 DEPS_LABEL = "coltsfoot.deps"
 LOG_MAX_CHARS = 512 * 1024
-PIDS_LIMIT = 256
+# Processes and threads inside one sandbox (RLIMIT_NPROC, which gVisor enforces on the guest: a fork bomb gets
+# EAGAIN there and the sandbox lives on). 256 leaves room for a gunicorn with 40 workers and their threads.
+NPROC_LIMIT = 256
+# Host pids (threads) of one sandbox, the backstop behind NPROC_LIMIT: reaching it kills the whole sandbox
+# (runsc exits 2), so it must stay above what NPROC_LIMIT guest tasks cost. Measured here (runsc 2022-12,
+# ptrace platform, `pids.current` of the container's cgroup): an idle sandbox 46; each guest process about
+# 5 more while it sleeps (10 → 100, 50 → 299) and 8 while it burns CPU (10 → 127, 64 → 524); a sleeping
+# thread almost nothing (127 threads → 49). 46 + 256 x 8 = 2094, plus a tenth for the Go runtime's spare
+# threads. (The old 256 let a sandbox die at about 28 guest processes.)
+PIDS_LIMIT = 2304
 HEALTH_POLL_SECONDS = 0.1
 CA_BUNDLE_IN_CONTAINER = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -205,6 +215,8 @@ def _sandbox_spec(
         memory_mb=int(app.memory_mb),
         cpus=float(app.cpus),
         pids_limit=PIDS_LIMIT,
+        nproc_limit=NPROC_LIMIT,
+        cgroup_parent=cgroups.tenant_cgroup(settings.TENANT_CGROUP_PARENT, app.tenant.public_id.hex),
         env=env or {},
         secret_env=secret_env or {},
         command=command,

@@ -3,14 +3,19 @@ every action is logged with the admin user (`core.console`)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.contrib import admin
 from django.contrib import messages
 from django.db.models import Count
+from django.db.models import DecimalField
+from django.db.models import ExpressionWrapper
+from django.db.models import F
 from django.db.models import Max
 from django.db.models import QuerySet
+from django.db.models import Sum
 from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -24,8 +29,13 @@ from tenants.models import Tenant
 
 # Upper bounds an operator can set without editing code: far above any sane quota on one host, low enough
 # that a typo (an extra zero or three) is caught.
-QUOTA_LIMITS = {"max_apps": 1000, "max_replicas": 64, "max_memory_mb": 65536}
-QUOTA_LABELS = {"max_apps": "apps", "max_replicas": "replicas per app", "max_memory_mb": "MiB per replica"}
+QUOTA_LIMITS = {"max_apps": 1000, "max_replicas": 64, "max_memory_mb": 65536, "max_cpus": 1024}
+QUOTA_LABELS = {
+    "max_apps": "apps",
+    "max_replicas": "replicas per app",
+    "max_memory_mb": "MiB per replica",
+    "max_cpus": "CPUs (replicas x cpus over its apps)",
+}
 
 
 class TenantForm(forms.ModelForm[Tenant]):
@@ -34,17 +44,19 @@ class TenantForm(forms.ModelForm[Tenant]):
 
     class Meta:
         model = Tenant
-        fields = ["max_apps", "max_replicas", "max_memory_mb"]
+        fields = ["max_apps", "max_replicas", "max_memory_mb", "max_cpus"]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        usage: dict[str, int] = {}
+        usage: dict[str, int | Decimal] = {}
         if self.instance.pk is not None:
             apps = self.instance.apps.all()
             usage = {
                 "max_apps": apps.count(),
                 "max_replicas": int(apps.aggregate(top=Max("replicas"))["top"] or 0),
                 "max_memory_mb": int(apps.aggregate(top=Max("memory_mb"))["top"] or 0),
+                # Exact decimals (SQLite would multiply in floats); at most max_apps rows.
+                "max_cpus": sum((int(r) * Decimal(c) for r, c in apps.values_list("replicas", "cpus")), Decimal(0)),
             }
         for field, limit in QUOTA_LIMITS.items():
             value = data.get(field)
@@ -64,12 +76,22 @@ class TenantForm(forms.ModelForm[Tenant]):
 @admin.register(Tenant)
 class TenantAdmin(AuditedAdmin[Tenant]):
     form = TenantForm
-    list_display = ["slug", "status_badge", "apps_used", "replicas_used", "memory_used", "created_at"]
+    list_display = ["slug", "status_badge", "apps_used", "replicas_used", "memory_used", "cpus_used", "created_at"]
     list_filter = ["status", "created_at"]
     search_fields = ["slug", "public_id"]
     # The status changes only through the suspend/reactivate actions, which also move the edge.
     readonly_fields = ["slug", "public_id", "status", "created_at", "updated_at"]
-    fields = ["slug", "public_id", "status", "max_apps", "max_replicas", "max_memory_mb", "created_at", "updated_at"]
+    fields = [
+        "slug",
+        "public_id",
+        "status",
+        "max_apps",
+        "max_replicas",
+        "max_memory_mb",
+        "max_cpus",
+        "created_at",
+        "updated_at",
+    ]
     actions = ["suspend", "reactivate"]
 
     class Media:
@@ -91,6 +113,9 @@ class TenantAdmin(AuditedAdmin[Tenant]):
                 _app_count=Count("apps", distinct=True),
                 _top_replicas=Max("apps__replicas"),
                 _top_memory=Max("apps__memory_mb"),
+                _cpus_in_use=Sum(
+                    ExpressionWrapper(F("apps__replicas") * F("apps__cpus"), output_field=DecimalField()),
+                ),
             )
         )
 
@@ -109,6 +134,11 @@ class TenantAdmin(AuditedAdmin[Tenant]):
     @admin.display(description="MiB per replica (top / quota)", ordering="_top_memory")
     def memory_used(self, obj: Tenant) -> str:
         return f"{int(getattr(obj, '_top_memory', None) or 0)} / {obj.max_memory_mb}"
+
+    @admin.display(description="CPUs in use / quota", ordering="_cpus_in_use")
+    def cpus_used(self, obj: Tenant) -> str:
+        """replicas x cpus over the tenant's apps, the figure `max_cpus` limits."""
+        return f"{float(getattr(obj, '_cpus_in_use', None) or 0):.2f} / {obj.max_cpus}"
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: forms.ModelForm[Tenant], change: bool) -> None:
         super().save_model(request, obj, form, change)

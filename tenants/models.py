@@ -3,10 +3,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from decimal import Decimal
 from typing import ClassVar
 
 import auto_prefetch
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -25,6 +27,13 @@ class Tenant(auto_prefetch.Model):
     max_apps = models.PositiveIntegerField(default=10)
     max_replicas = models.PositiveIntegerField(default=4, help_text="Replicas per app.")
     max_memory_mb = models.PositiveIntegerField(default=512, help_text="Memory per replica, MiB.")
+    max_cpus = models.DecimalField(
+        max_digits=6,
+        decimal_places=2,
+        default=Decimal(4),
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="CPUs over all of the tenant's apps: the sum of replicas x cpus.",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

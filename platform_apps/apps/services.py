@@ -6,6 +6,7 @@ import logging
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError
 from django.db import transaction
 
@@ -21,8 +22,10 @@ from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
+CPU_STEP = Decimal("0.01")  # App.cpus has two decimal places
 
-def _check_sizing(tenant: Tenant, *, replicas: int | None, memory_mb: int | None) -> None:
+
+def _check_sizing(tenant: Tenant, *, replicas: int | None, memory_mb: int | None, cpus: Decimal | None) -> None:
     if replicas is not None and replicas > tenant.max_replicas:
         raise Unprocessable(
             "quota.replicas_exceeded",
@@ -34,6 +37,45 @@ def _check_sizing(tenant: Tenant, *, replicas: int | None, memory_mb: int | None
             "quota.memory_exceeded",
             f"This tenant may give each replica at most {tenant.max_memory_mb} MiB.",
             details={"max_memory_mb": tenant.max_memory_mb},
+        )
+    cap = max_cpus_per_replica()
+    if cpus is not None and cpus > cap:
+        # More than the host has cannot be used by one replica anyway; it would only let the replica's
+        # cfs quota exceed the machine and hide how much of it the tenant's quota really buys.
+        raise Unprocessable(
+            "quota.cpus_per_replica_exceeded",
+            f"A replica may have at most {cap} CPUs on this platform.",
+            details={"max_cpus_per_replica": float(cap)},
+        )
+
+
+def max_cpus_per_replica() -> Decimal:
+    """The per-replica CPU cap: `COLTSFOOT_MAX_CPUS_PER_REPLICA`, by default the host's cores."""
+    return Decimal(str(settings.MAX_CPUS_PER_REPLICA)).quantize(CPU_STEP)
+
+
+def _cpus(value: float) -> Decimal:
+    return Decimal(str(value)).quantize(CPU_STEP)
+
+
+def _check_cpu_quota(tenant: Tenant, *, app: App | None, replicas: int, cpus: Decimal) -> None:
+    """The tenant's CPU quota: replicas x cpus summed over its apps (those being deleted included, as their
+    containers still run until the teardown) stays within `max_cpus`. A change that does not raise the
+    tenant's use is always allowed, so an admin lowering the quota never blocks scaling down."""
+    others = App.objects.filter(tenant=tenant)
+    if app is not None:
+        others = others.exclude(pk=app.pk)
+    # At most max_apps rows: summed here, in exact decimals (SQLite would multiply in floats).
+    used = sum((int(r) * Decimal(c) for r, c in others.values_list("replicas", "cpus")), Decimal(0))
+    current = used + (int(app.replicas) * Decimal(app.cpus) if app is not None else Decimal(0))
+    wanted = used + replicas * cpus
+    limit = Decimal(tenant.max_cpus)
+    if wanted > limit and wanted > current:
+        raise Conflict(
+            "quota.cpus_exceeded",
+            f"This tenant's apps may use at most {limit} CPUs in all (replicas x cpus); "
+            f"the others already use {used}, so this app can have at most {max(limit - used, Decimal(0))}.",
+            details={"max_cpus": float(limit), "used_cpus": float(used), "requested_cpus": float(replicas * cpus)},
         )
 
 
@@ -48,7 +90,8 @@ def _reads_as_another_tenant(tenant: Tenant, name: str) -> bool:
 
 @transaction.atomic
 def app_create(*, tenant: Tenant, name: str, replicas: int, memory_mb: int, cpus: float, deploy_branch: str) -> App:
-    _check_sizing(tenant, replicas=replicas, memory_mb=memory_mb)
+    size = _cpus(cpus)
+    _check_sizing(tenant, replicas=replicas, memory_mb=memory_mb, cpus=size)
     # The transaction is IMMEDIATE on SQLite, so count-then-insert cannot race another create.
     if App.objects.filter(tenant=tenant).count() >= tenant.max_apps:
         raise Conflict(
@@ -58,6 +101,7 @@ def app_create(*, tenant: Tenant, name: str, replicas: int, memory_mb: int, cpus
         )
     if App.objects.filter(tenant=tenant, name=name).exists():
         raise Conflict("app.name_taken", f"An app named {name!r} already exists.")
+    _check_cpu_quota(tenant, app=None, replicas=replicas, cpus=size)
     hostname = App.hostname_for(name, tenant.slug)
     if App.objects.filter(hostname=hostname).exists() or _reads_as_another_tenant(tenant, name):
         raise Conflict("app.hostname_taken", f"The hostname {hostname} is already taken; choose another name.")
@@ -69,7 +113,7 @@ def app_create(*, tenant: Tenant, name: str, replicas: int, memory_mb: int, cpus
                 hostname=hostname,
                 replicas=replicas,
                 memory_mb=memory_mb,
-                cpus=Decimal(str(cpus)).quantize(Decimal("0.01")),
+                cpus=size,
                 deploy_branch=deploy_branch,
             )
     except IntegrityError as exc:  # a concurrent create on a platform DB without IMMEDIATE
@@ -90,14 +134,22 @@ def app_create(*, tenant: Tenant, name: str, replicas: int, memory_mb: int, cpus
 def app_update(*, app: App, changes: dict[str, Any]) -> App:
     if app.state == App.State.DELETING:
         raise Conflict("app.deleting", "This app is being deleted.")
-    _check_sizing(app.tenant, replicas=changes.get("replicas"), memory_mb=changes.get("memory_mb"))
+    cpus = _cpus(changes["cpus"]) if changes.get("cpus") is not None else None
+    _check_sizing(app.tenant, replicas=changes.get("replicas"), memory_mb=changes.get("memory_mb"), cpus=cpus)
+    if changes.get("replicas") is not None or cpus is not None:
+        _check_cpu_quota(
+            app.tenant,
+            app=app,
+            replicas=int(changes.get("replicas") or app.replicas),
+            cpus=cpus if cpus is not None else Decimal(app.cpus),
+        )
     fields = []
     for field in ("replicas", "memory_mb", "deploy_branch"):
         if changes.get(field) is not None:
             setattr(app, field, changes[field])
             fields.append(field)
-    if changes.get("cpus") is not None:
-        app.cpus = Decimal(str(changes["cpus"])).quantize(Decimal("0.01"))
+    if cpus is not None:
+        app.cpus = cpus
         fields.append("cpus")
     if fields:
         app.save(update_fields=[*fields, "updated_at"])

@@ -416,11 +416,13 @@ def test_revoke_goes_through_the_service_and_the_token_stops_working(
         ("max_replicas", 1000, "Between 1 and 64"),
         ("max_replicas", 2, "already uses 3 replicas per app"),
         ("max_memory_mb", 128, "already uses 256 MiB per replica"),
+        ("max_cpus", 2, "already uses 3.00 CPUs"),
+        ("max_cpus", 5000, "Between 1 and 1024"),
     ],
 )
 def test_editing_quotas_validates_them(staff: Client, owner: Actor, field: str, value: int, error: str):
     owner.call("POST", "/apps", {"name": "web", "replicas": 3})
-    data = {"max_apps": 10, "max_replicas": 4, "max_memory_mb": 512, field: value}
+    data = {"max_apps": 10, "max_replicas": 4, "max_memory_mb": 512, "max_cpus": 4, field: value}
     response = staff.post(f"/admin/tenants/tenant/{owner.tenant.pk}/change/", data)
     assert response.status_code == 200
     assert error in response.content.decode()
@@ -430,7 +432,7 @@ def test_editing_quotas_validates_them(staff: Client, owner: Actor, field: str, 
 
 def test_a_valid_quota_change_is_saved_and_logged(staff: Client, owner: Actor, caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.INFO, logger="coltsfoot.console")
-    data = {"max_apps": 20, "max_replicas": 8, "max_memory_mb": 1024}
+    data = {"max_apps": 20, "max_replicas": 8, "max_memory_mb": 1024, "max_cpus": 4}
     assert staff.post(f"/admin/tenants/tenant/{owner.tenant.pk}/change/", data).status_code == 302
     owner.tenant.refresh_from_db()
     assert (owner.tenant.max_apps, owner.tenant.max_replicas, owner.tenant.max_memory_mb) == (20, 8, 1024)
@@ -448,3 +450,13 @@ def test_search_and_filter(staff: Client, make_actor: Any):
     degraded = staff.get("/admin/platform_apps/app/?status=degraded").content.decode()
     assert "web-tenant0.localhost" in degraded
     assert "web-tenant1.localhost" in degraded
+
+
+def test_tenant_changelist_shows_cpu_quota_and_use_and_the_form_edits_it(staff: Client, owner: Actor):
+    owner.call("POST", "/apps", {"name": "a", "replicas": 2, "cpus": 0.75})
+    owner.call("POST", "/apps", {"name": "b", "replicas": 1, "cpus": 1.0})
+    page = staff.get("/admin/tenants/tenant/").content.decode()
+    assert "CPUs in use" in page
+    assert "2.50" in page  # 2 x 0.75 + 1
+    form = staff.get(f"/admin/tenants/tenant/{owner.tenant.pk}/change/").content.decode()
+    assert 'name="max_cpus"' in form

@@ -4,9 +4,11 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from config.settings_utils import host_cpu_count
 from conftest import Actor
 from platform_apps.models import App
 from tests.unit.fakes import task_queued
@@ -38,6 +40,7 @@ def test_create_get_patch_list(owner: Actor):
 
 def test_pagination(owner: Actor):
     owner.tenant.max_apps = 10
+    owner.tenant.max_cpus = 10
     owner.tenant.save()
     for i in range(5):
         assert owner.call("POST", "/apps", {"name": f"app{i}"}).status_code == 201
@@ -99,6 +102,98 @@ def test_replica_and_memory_quotas(owner: Actor):
     assert not App.objects.exists()
 
 
+# --- The CPU quota: replicas x cpus over the tenant's apps, and a per-replica cap ------------------
+
+
+@pytest.fixture
+def cpu_limits(owner: Actor, settings: Any) -> Actor:
+    """4 CPUs for the tenant (the default), 2 per replica (as on a 2-core host)."""
+    settings.MAX_CPUS_PER_REPLICA = 2.0
+    assert owner.tenant.max_cpus == 4
+    return owner
+
+
+@pytest.mark.parametrize(
+    ("existing", "wanted", "status", "code"),
+    [
+        ([], {"replicas": 4, "cpus": 1.0}, 201, None),  # exactly the quota
+        ([], {"replicas": 2, "cpus": 2.0}, 201, None),  # the per-replica cap itself is allowed
+        ([], {"replicas": 3, "cpus": 1.5}, 409, "quota.cpus_exceeded"),  # 4.5
+        ([(2, 1.0)], {"replicas": 2, "cpus": 1.0}, 201, None),  # 2 + 2
+        ([(2, 1.5)], {"replicas": 1, "cpus": 1.01}, 409, "quota.cpus_exceeded"),  # 3 + 1.01
+        ([(1, 1.0), (1, 1.0), (1, 1.0)], {"replicas": 1, "cpus": 1.0}, 201, None),  # the fourth default app
+        ([(1, 1.0), (1, 1.0), (1, 1.0), (1, 1.0)], {}, 409, "quota.cpus_exceeded"),  # the fifth
+        ([(4, 0.25)], {"replicas": 4, "cpus": 0.75}, 201, None),  # 1 + 3
+        ([], {"cpus": 2.01}, 422, "quota.cpus_per_replica_exceeded"),
+        ([], {"cpus": 16}, 422, "quota.cpus_per_replica_exceeded"),  # the schema's bound is not the host's
+    ],
+)
+def test_create_within_the_cpu_quota(
+    cpu_limits: Actor, existing: list[tuple[int, float]], wanted: dict[str, Any], status: int, code: str | None
+):
+    for i, (replicas, cpus) in enumerate(existing):
+        body = {"name": f"e{i}", "replicas": replicas, "cpus": cpus}
+        assert cpu_limits.call("POST", "/apps", body).status_code == 201
+    response = cpu_limits.call("POST", "/apps", {"name": "new", **wanted})
+    assert response.status_code == status, response.json()
+    if code is not None:
+        assert response.json()["error"]["code"] == code
+        assert not App.objects.filter(name="new").exists()
+
+
+def test_cpu_quota_error_says_what_is_left(cpu_limits: Actor):
+    cpu_limits.call("POST", "/apps", {"name": "big", "replicas": 3, "cpus": 1.0})
+    error = cpu_limits.call("POST", "/apps", {"name": "more", "replicas": 2, "cpus": 1.0}).json()["error"]
+    assert error["details"] == {"max_cpus": 4.0, "used_cpus": 3.0, "requested_cpus": 2.0}
+    assert "at most 1.00" in error["message"]
+    cap = cpu_limits.call("POST", "/apps", {"name": "huge", "cpus": 3}).json()["error"]
+    assert cap["details"] == {"max_cpus_per_replica": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("patch", "status", "code"),
+    [
+        ({"replicas": 3}, 200, None),  # 3 + 1 = 4
+        ({"cpus": 1.5}, 200, None),  # 2 x 1.5 + 1 = 4
+        ({"replicas": 4}, 409, "quota.cpus_exceeded"),  # 4 + 1 = 5
+        ({"replicas": 2, "cpus": 2.0}, 409, "quota.cpus_exceeded"),  # 4 + 1
+        ({"cpus": 2.5}, 422, "quota.cpus_per_replica_exceeded"),
+        ({"memory_mb": 384}, 200, None),
+    ],
+)
+def test_patch_within_the_cpu_quota(cpu_limits: Actor, patch: dict[str, Any], status: int, code: str | None):
+    app = cpu_limits.call("POST", "/apps", {"name": "a", "replicas": 2, "cpus": 1.0}).json()
+    cpu_limits.call("POST", "/apps", {"name": "b", "replicas": 1, "cpus": 1.0})
+    response = cpu_limits.call("PATCH", f"/apps/{app['id']}", patch)
+    assert response.status_code == status, response.json()
+    got = cpu_limits.call("GET", f"/apps/{app['id']}").json()
+    if code is not None:
+        assert response.json()["error"]["code"] == code
+        assert (got["replicas"], got["cpus"]) == (2, 1.0)  # nothing changed
+    else:
+        assert {key: got[key] for key in patch} == patch
+
+
+def test_over_quota_tenant_can_still_scale_down_and_change_other_fields(cpu_limits: Actor):
+    app = cpu_limits.call("POST", "/apps", {"name": "a", "replicas": 4, "cpus": 1.0}).json()
+    cpu_limits.tenant.max_cpus = 1  # an admin lowered the quota below what the tenant uses
+    cpu_limits.tenant.save()
+    assert cpu_limits.call("PATCH", f"/apps/{app['id']}", {"deploy_branch": "prod"}).status_code == 200
+    assert cpu_limits.call("PATCH", f"/apps/{app['id']}", {"replicas": 2}).status_code == 200
+    grow = cpu_limits.call("PATCH", f"/apps/{app['id']}", {"cpus": 1.5})
+    assert grow.status_code == 409
+    assert grow.json()["error"]["code"] == "quota.cpus_exceeded"
+
+
+def test_cpu_quota_is_per_tenant(cpu_limits: Actor, outsider: Actor):
+    assert cpu_limits.call("POST", "/apps", {"name": "a", "replicas": 4, "cpus": 1.0}).status_code == 201
+    assert outsider.call("POST", "/apps", {"name": "a", "replicas": 4, "cpus": 1.0}).status_code == 201
+
+
+def test_per_replica_cap_defaults_to_the_hosts_cores():
+    assert float(host_cpu_count()) == settings.MAX_CPUS_PER_REPLICA
+
+
 def test_delete_marks_deleting_and_queues_teardown(owner: Actor, django_capture_on_commit_callbacks: Any):
     app_id = owner.call("POST", "/apps", {"name": "bye"}).json()["id"]
     with (
@@ -117,6 +212,7 @@ def test_delete_marks_deleting_and_queues_teardown(owner: Actor, django_capture_
 @pytest.mark.parametrize("n_apps", [1, 8])
 def test_list_runs_constant_queries(owner: Actor, n_apps: int):
     owner.tenant.max_apps = 10
+    owner.tenant.max_cpus = 10
     owner.tenant.save()
     for i in range(n_apps):
         owner.call("POST", "/apps", {"name": f"a{i}"})
@@ -129,6 +225,7 @@ def test_list_runs_constant_queries(owner: Actor, n_apps: int):
 
 def test_list_query_count_does_not_grow(owner: Actor):
     owner.tenant.max_apps = 20
+    owner.tenant.max_cpus = 20
     owner.tenant.save()
     owner.call("POST", "/apps", {"name": "first"})
     owner.call("GET", "/apps")

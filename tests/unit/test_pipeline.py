@@ -4,11 +4,13 @@ the sandbox spec, the deployment log, and the dependency layer cache."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from django.conf import settings
 
 from core.faults import UserError
+from drivers import podman
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from provisioning import pipeline
@@ -94,6 +96,24 @@ def test_sandbox_spec_runs_as_the_tenants_uid_with_the_apps_limits(deployment: D
     # The UID is in uid/gid only: nothing else the container (or `podman ps`) shows carries it.
     shown = [spec.name, spec.network, spec.image, *spec.labels.values(), *spec.env.values()]
     assert not any(str(tenant.linux_uid) in value for value in shown)
+
+
+def test_sandbox_spec_has_the_gvisor_sized_process_limits_and_the_tenants_cgroup(deployment: Deployment, settings: Any):
+    def spec_of(target: Deployment) -> podman.ContainerSpec:
+        image = pipeline.app_image_ref(target.public_id)
+        return pipeline._sandbox_spec(target, name="tsl-x-0", image=image, command=WEB, role="web")
+
+    settings.TENANT_CGROUP_PARENT = "/coltsfoot-tenants"
+    spec = spec_of(deployment)
+    tenant = deployment.app.tenant
+    # Guest tasks are limited inside gVisor; the host pids limit sits above what that many cost.
+    assert spec.nproc_limit == 256
+    assert spec.pids_limit >= 46 + 256 * 8
+    assert spec.cgroup_parent == f"/coltsfoot-tenants/t-{tenant.public_id.hex}"
+    assert spec_of(archive_deployment(make_app(slug="other", name="shop"))).cgroup_parent != spec.cgroup_parent
+
+    settings.TENANT_CGROUP_PARENT = ""
+    assert spec_of(deployment).cgroup_parent == ""
 
 
 def test_sandbox_spec_of_a_tenant_image_uses_sh(db: None):

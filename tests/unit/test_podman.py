@@ -48,6 +48,8 @@ BASE_SPEC = podman.ContainerSpec(
     secret_env={"DATABASE_URL": "sec-0b7c-database-url"},
     command="gunicorn app:app",
     labels={"coltsfoot.deployment": "0b7c", "coltsfoot.app": "9e1d"},
+    nproc_limit=256,
+    cgroup_parent="/coltsfoot-tenants/t-4f2a",
 )
 
 
@@ -69,6 +71,8 @@ HARDENING = [
     "--memory-swap=256m",
     "--cpus=0.5",
     "--pids-limit=128",
+    "--ulimit=nproc=256:256",
+    "--cgroup-parent=/coltsfoot-tenants/t-4f2a",
     "--log-opt=max-size=16mb",
     "--user",
     "200001:200001",
@@ -113,6 +117,31 @@ def test_oneoff_for_dependencies_keeps_container_and_writable_root():
     assert "--read-only" not in argv
     assert "--read-only-tmpfs=false" not in argv
     assert [a for a in HARDENING if a not in {"--read-only", "--read-only-tmpfs=false"}] == argv[1:]
+
+
+def test_without_nproc_limit_or_cgroup_parent_podman_defaults_apply():
+    argv = podman.run_detached_argv(make_spec(nproc_limit=0, cgroup_parent=""))
+    assert not any(arg.startswith(("--ulimit", "--cgroup-parent")) for arg in argv)
+    assert "--pids-limit=128" in argv
+
+
+def test_a_systemd_slice_is_a_valid_cgroup_parent():
+    argv = podman.run_detached_argv(make_spec(cgroup_parent="coltsfoot_tenants.slice"))
+    assert "--cgroup-parent=coltsfoot_tenants.slice" in argv
+
+
+@pytest.mark.parametrize(
+    "parent",
+    ["relative/path", "/a/../b", "/a//b", "/a b", "/--privileged", "/a\x00", "/a\n", "/", "x.slice/y", "--cgroupns"],
+)
+def test_cgroup_parent_that_could_escape_or_inject_is_refused(parent: str):
+    with pytest.raises(ValueError, match="cgroup parent"):
+        make_spec(cgroup_parent=parent)
+
+
+def test_negative_nproc_limit_is_refused():
+    with pytest.raises(ValueError, match="nproc_limit"):
+        make_spec(nproc_limit=-1)
 
 
 def test_shell_can_be_plain_sh_for_images_without_bash():
