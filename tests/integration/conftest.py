@@ -30,8 +30,11 @@ from devstack.stack import Stack
 from devstack.stack import isolated_stack as make_isolated_stack
 
 # Short leases and reconcile period, so a killed worker's deployment is picked up again within seconds; local
-# git repositories allowed; a generous replica start deadline for a loaded 2-core machine.
+# git repositories allowed; a generous replica start deadline for a loaded 2-core machine. Tenant containers
+# keep a normal CPU weight here: the low production weight would let the test runner's own busy processes
+# (outside the tenant cgroup tree) starve the builds under test (README: Resource limits).
 PLATFORM_TEST_ENV = {
+    "COLTSFOOT_TENANT_CPU_WEIGHT": "100",
     "COLTSFOOT_LEASE_SECONDS": "10",
     "COLTSFOOT_RECONCILE_SECONDS": "3",
     "COLTSFOOT_ORPHAN_GRACE_SECONDS": "5",
