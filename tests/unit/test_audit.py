@@ -235,6 +235,7 @@ def test_admin_edits_are_recorded(staff: Client, owner: Actor):
         "max_apps": 3,
         "max_replicas": tenant.max_replicas,
         "max_memory_mb": tenant.max_memory_mb,
+        "max_cpus": tenant.max_cpus,
     }
     response = staff.post(f"/admin/tenants/tenant/{tenant.pk}/change/", form)
     assert response.status_code == 302, response.content
