@@ -987,9 +987,10 @@ class Platform(Service):
         except (firewall.FirewallError, ValueError) as exc:
             logger.warning("removing the firewall table %s failed: %s", self.firewall_table, exc)
 
-    def create_tenant(self, slug: str) -> dict[str, str]:
-        """`manage.py create_tenant SLUG` -> {"tenant_id": ..., "token": ...} from its one JSON line."""
-        result = self.manage("create_tenant", slug)
+    def create_tenant(self, slug: str, *, max_cpus: float | None = None) -> dict[str, str]:
+        """`manage.py create_tenant SLUG [--max-cpus N]` -> {"tenant_id": ..., "token": ...} from its one JSON
+        line."""
+        result = self.manage("create_tenant", slug, *(["--max-cpus", str(max_cpus)] if max_cpus else []))
         tenant = json_line(result.stdout, {"tenant_id", "token"})
         if tenant is None:
             raise ServiceError(f"create_tenant printed no JSON line with tenant_id and token:\n{result.stdout[-2000:]}")

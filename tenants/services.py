@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 
 from django.db import IntegrityError
 from django.db import transaction
@@ -22,13 +23,15 @@ logger = logging.getLogger(__name__)
 
 
 @transaction.atomic
-def tenant_create(*, slug: str) -> Tenant:
+def tenant_create(*, slug: str, max_cpus: Decimal | None = None) -> Tenant:
     tenant_slug_validator(slug)
     # An older tenant whose slug ends in `-<slug>` already has hostnames that end the way this
     # tenant's would (`<app>-x-<slug>`): refuse, so nobody gets URLs that read as someone else's.
     if Tenant.objects.filter(slug__endswith=f"-{slug}").exists():
         raise Conflict("tenant.slug_ambiguous", f"The slug {slug!r} would make hostnames another tenant already has.")
     tenant = Tenant(slug=slug)
+    if max_cpus is not None:
+        tenant.max_cpus = max_cpus
     tenant.full_clean()
     tenant.save()
     logger.info("tenant created", extra={"tenant_id": str(tenant.public_id)})

@@ -37,7 +37,8 @@ def _app_containers(app_id: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tenant(platform: Platform) -> dict[str, Any]:
-    created = platform.create_tenant(f"t{uuid.uuid4().hex[:8]}")
+    # The module's apps stay (about 8 CPUs of replicas x cpus in all): above the default quota of 4.
+    created = platform.create_tenant(f"t{uuid.uuid4().hex[:8]}", max_cpus=16)
     return {**created, "client": platform.client(created["token"])}
 
 

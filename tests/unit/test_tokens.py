@@ -122,3 +122,21 @@ def test_create_tenant_command_prints_json_once(db: None, capsys: Any):
         call_command("create_tenant", "newco")
     with pytest.raises(CommandError):
         call_command("create_tenant", "Not A Slug")
+
+
+def test_create_tenant_command_sets_the_cpu_quota_and_refuses_a_bad_one(db: None, capsys: Any):
+    import json
+    from decimal import Decimal
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from tenants.models import Tenant
+
+    call_command("create_tenant", "bigco", "--max-cpus", "12.5")
+    data = json.loads(capsys.readouterr().out)
+    assert Tenant.objects.get(public_id=data["tenant_id"]).max_cpus == Decimal("12.5")
+    for bad in ("0", "-1", "lots", "nan"):
+        with pytest.raises(CommandError):
+            call_command("create_tenant", f"co{bad.strip('-')}x", "--max-cpus", bad)
+    assert not Tenant.objects.filter(slug__startswith="co").exists()
