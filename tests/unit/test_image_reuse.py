@@ -11,6 +11,7 @@ from unittest import mock
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
 from drivers import podman
 from platform_apps.models import App
@@ -264,3 +265,25 @@ def test_an_image_being_reused_survives_a_collection_in_the_middle_of_the_build(
     assert reuser.image_ref == first.image_ref
     assert first.image_ref in fake_podman.images
     assert len(fake_podman.builds) == 2
+
+
+# --- build slots --------------------------------------------------------------------------------
+
+
+def test_a_reusing_upload_does_not_wait_for_a_build_slot(app: App, fake_podman: FakePodman, settings: Any):
+    settings.MAX_CONCURRENT_BUILDS = 1
+    first = go_live(app)
+    busy = make_app(name="busy", replicas=1)
+    Deployment.objects.create(
+        app=busy, number=50, state=State.BUILDING, source_kind="archive", started_at=timezone.now()
+    )
+
+    changed = archive_deployment(app, {**SOURCE, "app.py": "app = 2\n"})
+    tasks.drive(changed.public_id)
+    assert reload(changed).state == State.QUEUED  # it has work to do: it waits
+    Deployment.objects.filter(pk=changed.pk).update(state=State.FAILED)
+    unchanged = go_live(app)
+
+    assert tasks.BUILD_WAIT_MESSAGE not in unchanged.log
+    assert unchanged.image_ref == first.image_ref
+    assert len(fake_podman.builds) == 1
