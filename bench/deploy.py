@@ -391,7 +391,10 @@ class Bench:
             if attempts > 2 * self.runs:
                 raise RuntimeError("too many redeploys did not reuse the cached dependency image")
             index = len(self.results.deploy_s)
-            elapsed, posted, deployment = self.deploy(archive)
+            # An edit of app.py each time: an unchanged source would reuse the previous image outright
+            # (no `podman build` at all), and this measures a redeploy that builds on the cached layer.
+            edit = f"\n# bench redeploy {self.token} {attempts}\n".encode()
+            elapsed, posted, deployment = self.deploy(tar_gz({**self.source, "app.py": self.source["app.py"] + edit}))
             log = self.client.get(f"/deployments/{deployment['id']}/log").text
             if "reusing the cached dependency layer" not in log:
                 self.results.notes.append(
@@ -602,10 +605,11 @@ def conventional_containerfile(base_image: str) -> str:
 def static_notes(runs: int) -> list[str]:
     return [
         f"N={runs} measured runs per series; medians. The (a) series follows one unmeasured warm-up deploy that "
-        "installs the dependencies; every measured redeploy POSTs the same archive: examples/hello with one "
-        "comment line naming the run appended to requirements.txt, so the run has a dependency image of its own "
-        "(other stacks on the machine reuse and delete theirs by content key); a redeploy whose log does not say "
-        "the dependency image was reused is not counted.",
+        "installs the dependencies; every measured redeploy POSTs examples/hello with one comment line naming "
+        "the run appended to requirements.txt, so the run has a dependency image of its own (other stacks on the "
+        "machine reuse and delete theirs by content key), and one naming the redeploy appended to app.py, so each "
+        "redeploy builds its app image (an unchanged source would reuse the previous one without a build); a "
+        "redeploy whose log does not say the dependency image was reused is not counted.",
         "(a) clock: from just before the multipart POST until the Caddy edge (Host header of the app) first "
         "answers 200 with the new deployment id in the body; the edge is polled every 50 ms. The deploy "
         "includes the hello Procfile's `release:` one-off container, which runs under gVisor on every deploy.",

@@ -227,6 +227,53 @@ def dependency_image(key: str) -> str:
     return f"{DEPS_IMAGE_REPOSITORY}:{key[:32]}"
 
 
+# Bumped whenever what `source_digest()` feeds changes, so no old digest can match a new one.
+SOURCE_DIGEST_VERSION = "1"
+_READ_CHUNK = 1024 * 1024
+
+
+def source_digest(src: Path, context: str) -> str:
+    """sha256 hex over the tree under `src` as `podman build` copies it, and `context`: what else
+    the image is made of (the base image id, the Containerfile). Two trees have the same digest only
+    if they hold the same paths, each of the same type and permission bits, the same file bytes and
+    the same link targets; modification times and owners are left out (the image resets owners, and
+    times change nothing the app runs). Links and special files are hashed as what they are, never
+    followed or read, though intake and the git fetch refuse them anyway."""
+    digest = hashlib.sha256()
+
+    def feed(chunk: bytes) -> None:
+        # Length-prefixed, so no two different inputs can run together into the same bytes.
+        digest.update(len(chunk).to_bytes(8, "big"))
+        digest.update(chunk)
+
+    feed(b"coltsfoot-source")
+    feed(SOURCE_DIGEST_VERSION.encode())
+    feed(context.encode())
+    paths: list[bytes] = []
+    for root, dirs, files in os.walk(os.fsencode(src)):
+        base = os.path.relpath(root, os.fsencode(src))
+        for name in (*dirs, *files):
+            paths.append(os.path.normpath(os.path.join(base, name)))
+    for relative in sorted(paths):
+        path = os.path.join(os.fsencode(src), relative)
+        info = os.lstat(path)
+        mode = stat.S_IMODE(info.st_mode)
+        feed(relative)
+        if stat.S_ISREG(info.st_mode):
+            feed(f"file {mode:o} {info.st_size}".encode())
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as handle:
+                while chunk := handle.read(_READ_CHUNK):
+                    digest.update(chunk)
+        elif stat.S_ISDIR(info.st_mode):
+            feed(f"dir {mode:o}".encode())
+        elif stat.S_ISLNK(info.st_mode):
+            feed(b"link " + os.readlink(path))
+        else:
+            feed(f"other {stat.S_IFMT(info.st_mode):o} {mode:o}".encode())
+    return digest.hexdigest()
+
+
 def dependency_install_script(spec: AppSpec) -> str:
     """The `/bin/sh` script that builds `/app/.venv` inside the sandbox, from the files in `/deps`.
 

@@ -124,6 +124,10 @@ class Deployment(auto_prefetch.Model):
     source_url = models.CharField(max_length=2048, blank=True, default="")
     source_ref = models.CharField(max_length=255, blank=True, default="")
     source_commit = models.CharField(max_length=64, blank=True, default="")
+    # sha256 of the unpacked source tree and what its image is built from (base image, Containerfile),
+    # set by the build: a later deployment of the same app with the same digest reuses the image.
+    # NULL, not "": no digest at all (a rollback, a release, an image deploy, a build from before digests).
+    source_digest = models.CharField(max_length=64, null=True, blank=True, editable=False)  # noqa: DJ001
     source_deployment = auto_prefetch.ForeignKey(
         "self",
         on_delete=models.SET_NULL,
@@ -164,6 +168,7 @@ class Deployment(auto_prefetch.Model):
             models.Index(fields=["app", "state"]),
             models.Index(fields=["state", "created_at"]),
             models.Index(fields=["app", "created_at"]),
+            models.Index(fields=["app", "source_digest"]),
         ]
 
     def __str__(self) -> str:

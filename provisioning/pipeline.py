@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from caddy import routes as caddy_routes
 from caddy.client import CaddyClient
+from core.faults import DeployError
 from core.faults import PlatformError
 from core.faults import UserError
 from drivers import buildpack
@@ -318,9 +319,110 @@ def _install_dependencies(
         shutil.rmtree(deps_dir, ignore_errors=True)
 
 
+# --- Reusing the image of an unchanged source -----------------------------------------------
+
+# Built deployments only: an image deploy runs the tenant's own image (and rollbacks and releases
+# have no digest of their own, their images being some build's).
+_REUSABLE_KINDS = (Deployment.SourceKind.ARCHIVE, Deployment.SourceKind.GIT)
+# How many earlier deployments with the same digest to try, newest first (distinct images).
+_REUSE_CANDIDATES = 5
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """An earlier deployment of the same app whose image this one can run as it is."""
+
+    previous: Deployment
+    image_ref: str
+    image_id: str
+
+
+def source_digest(src: Path, base_id: str, deps_ref: str) -> str:
+    """The digest of the tree and everything else the app image is made of: the base image id and
+    the Containerfile, which names the dependency image (itself keyed by the base image, the tenant
+    and the dependency recipe). Equal digests, equal images."""
+    return buildpack.source_digest(src, f"base={base_id}\n{buildpack.containerfile(deps_ref)}")
+
+
+def reusable_image(deployment: Deployment, digest: str, *, claim: bool = True) -> Reuse | None:
+    """The newest earlier deployment of the same app with the same source digest that went live and
+    whose image is still the one it built. Never another app's, so never another tenant's: only this
+    app's rows are looked at (and the digest also names the tenant's own dependency image).
+
+    Went live, not merely built: as for rollbacks, only an image that served is proven, and image
+    retention keeps the last few of those (a failed deployment's image goes at the next collection).
+
+    With `claim`, the image is written on this deployment's row *before* podman is asked whether it
+    still exists: the collector checks the rows again right before it removes an image, so once
+    the row names the ref it stays, and an image found here is not removed before the deployment
+    records it."""
+    candidates = (
+        Deployment.objects.filter(
+            app_id=deployment.app_id,
+            source_digest=digest,
+            source_kind__in=_REUSABLE_KINDS,
+            own_image=False,
+            went_live_at__isnull=False,
+        )
+        .exclude(pk=deployment.pk)
+        .exclude(image_ref="")
+        .order_by("-number")
+    )
+    tried: set[str] = set()
+    for previous in candidates[: _REUSE_CANDIDATES * 4]:
+        if previous.image_ref in tried:
+            continue
+        if len(tried) >= _REUSE_CANDIDATES:
+            break
+        tried.add(previous.image_ref)
+        if claim:
+            Deployment.objects.filter(pk=deployment.pk).update(image_ref=previous.image_ref)
+        try:
+            image_id = podman.image_id(previous.image_ref)
+        except podman.PodmanNotFound:
+            continue
+        # The ref still names the image that deployment built (and served), not some later image.
+        if image_id == previous.image_id:
+            return Reuse(previous=previous, image_ref=previous.image_ref, image_id=image_id)
+    if claim and tried:
+        Deployment.objects.filter(pk=deployment.pk, image_ref__in=tried).update(image_ref="")
+    return None
+
+
+def reuse_possible(deployment: Deployment) -> bool:
+    """Whether building this upload would reuse an earlier image (no install, no `podman build`):
+    such a deployment need not wait for a build slot. Uploads only, since a git source is fetched
+    while building; claims nothing, and any error means no (the build itself reports it)."""
+    src = deployment.build_dir / "src"
+    if deployment.source_kind != Deployment.SourceKind.ARCHIVE or not src.is_dir():
+        return False
+    try:
+        spec = buildpack.detect(src)
+        base_id = podman.image_id(str(settings.BASE_IMAGE))
+        files = buildpack.dependency_files(src, spec)
+        digest = source_digest(src, base_id, deps_image_ref(deployment.app.tenant.public_id, base_id, files))
+        return reusable_image(deployment, digest, claim=False) is not None
+    except (DeployError, podman.PodmanError):
+        return False
+
+
+def _reuse_log(deployment: Deployment, reuse: Reuse) -> None:
+    log_append(deployment, f"-----> Source unchanged since deployment {reuse.previous.public_id}: reusing its image")
+    logger.info(
+        "source unchanged: reusing the image of an earlier deployment",
+        extra={
+            **log_context(deployment),
+            "reused_deployment_id": str(reuse.previous.public_id),
+            "image": reuse.image_ref,
+        },
+    )
+
+
 def build(deployment: Deployment) -> Built:
     """Build the app image. The tenant's code never runs on the host: dependencies are installed
-    inside a runsc sandbox and committed; `podman build` then only copies files."""
+    inside a runsc sandbox and committed; `podman build` then only copies files. A source whose digest
+    matches an earlier deployment of the app that went live reuses that image instead: no install,
+    no `podman build`."""
     src = deployment.build_dir / "src"
     if not src.is_dir():
         raise PlatformError("build.source_missing", "The uploaded source is no longer available; deploy again.")
@@ -335,6 +437,17 @@ def build(deployment: Deployment) -> Built:
         base_id = podman.image_id(str(settings.BASE_IMAGE))
         files = buildpack.dependency_files(src, spec)
         deps_ref = deps_image_ref(deployment.app.tenant.public_id, base_id, files)
+        digest = source_digest(src, base_id, deps_ref)
+        Deployment.objects.filter(pk=deployment.pk).update(source_digest=digest)
+        reuse = reusable_image(deployment, digest)
+        if reuse is not None:
+            _reuse_log(deployment, reuse)
+            return Built(
+                image_ref=reuse.image_ref,
+                image_id=reuse.image_id,
+                web_command=spec.web_command,
+                release_command=spec.release_command or "",
+            )
         network_ensure(deployment)
         if podman.image_exists(deps_ref):
             step(deployment, "Dependencies unchanged: reusing the cached dependency layer")

@@ -193,12 +193,24 @@ BUILD_WAIT_MESSAGE = "Waiting for one of this tenant's other builds to finish"
 
 
 def build_slot_claim(deployment: Deployment) -> bool:
-    """queued -> building, if the tenant has fewer than MAX_CONCURRENT_BUILDS builds running.
+    """queued -> building, if the tenant has fewer than MAX_CONCURRENT_BUILDS builds running, or
+    if it is an upload whose image already exists (it builds nothing, see `pipeline.build`).
     Count and claim share one transaction (IMMEDIATE on SQLite, so two workers cannot both take
     the last slot); a build that waits stays queued rather than failing, since a busy tenant
     deserves a slower deploy, not a lost one."""
     if deployment.source_kind not in BUILD_KINDS:
         return _transition(deployment, State.QUEUED, State.BUILDING, started_at=timezone.now())
+    if _build_slot_take(deployment):
+        return True
+    # Every slot is taken. Asked only now, outside the transaction (it hashes the tree and asks
+    # podman), and it claims nothing: should the image go in the instant before the build looks
+    # again, this one build runs beyond the tenant's limit rather than waiting after all.
+    if deployment.state == State.QUEUED and pipeline.reuse_possible(deployment):
+        return _transition(deployment, State.QUEUED, State.BUILDING, started_at=timezone.now())
+    return False
+
+
+def _build_slot_take(deployment: Deployment) -> bool:
     with transaction.atomic():
         building = (
             Deployment.objects.filter(

@@ -449,11 +449,14 @@ def next_number(app: App) -> int:
 
 
 def archive_deployment(app: App, files: dict[str, str] | None = None, **fields: Any) -> Deployment:
-    """A queued archive deployment whose source is unpacked in its build dir, as intake leaves it."""
+    """A queued archive deployment whose source is unpacked in its build dir, as intake leaves it.
+    The default source differs from every other upload's (by one comment), so each one is built;
+    pass the same `files` twice for a source that did not change (its image is reused)."""
     public_id = uuid.uuid4()
     src = Path(settings.BUILD_ROOT) / str(public_id) / "src"
     src.mkdir(parents=True)
-    default = {"Procfile": f"web: {WEB}\n", "requirements.txt": REQUIREMENTS, "app.py": "app = None\n"}
+    app_py = f"app = None  # upload {public_id}\n"
+    default = {"Procfile": f"web: {WEB}\n", "requirements.txt": REQUIREMENTS, "app.py": app_py}
     for name, content in (default if files is None else files).items():
         (src / name).write_text(content)
     deployment = Deployment.objects.create(

@@ -20,6 +20,7 @@ from drivers.buildpack import dependency_key
 from drivers.buildpack import detect
 from drivers.buildpack import parse_procfile
 from drivers.buildpack import project_dependencies
+from drivers.buildpack import source_digest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello"
 WEB = "gunicorn --bind 0.0.0.0:$PORT app:app"
@@ -416,3 +417,87 @@ def test_containerfile_has_no_run_and_the_expected_steps():
 def test_containerfile_refuses_odd_image_refs(ref):
     with pytest.raises(ValueError, match="image"):
         containerfile(ref)
+
+
+# -- The source digest -------------------------------------------------------------------------
+
+TREE: dict[str, str | bytes] = {
+    "Procfile": f"web: {WEB}\n",
+    "requirements.txt": "flask==3.1.0\n",
+    "app.py": "app = None\n",
+    "static/logo.png": b"\x89PNG\x00\x01",
+}
+
+
+def digest_of(root: Path, files: dict[str, str | bytes], context: str = BASE) -> str:
+    root.mkdir()
+    return source_digest(write(root, files), context)
+
+
+def test_source_digest_is_the_same_for_the_same_tree_wherever_and_however_it_was_written(tmp_path):
+    first = digest_of(tmp_path / "first", TREE)
+    second = digest_of(tmp_path / "second", dict(reversed(TREE.items())))
+
+    assert first == second
+    assert len(first) == 64
+    assert set(first) <= set("0123456789abcdef")
+    os.utime(tmp_path / "second" / "app.py", (0, 0))  # times are not part of it
+    assert source_digest(tmp_path / "second", BASE) == first
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"app.py": "app = 1\n"},
+        {"requirements.txt": "flask==3.1.1\n"},
+        {"Procfile": "web: python app.py\n"},
+        {"static/logo.png": b"\x89PNG\x00\x02"},
+        {"new.py": ""},
+        {"static/more/deep.txt": "x"},
+    ],
+    ids=["code", "requirements", "procfile", "binary", "new-empty-file", "new-nested-file"],
+)
+def test_any_changed_or_added_file_changes_the_source_digest(tmp_path, change):
+    assert digest_of(tmp_path / "a", TREE) != digest_of(tmp_path / "b", {**TREE, **change})
+
+
+def test_a_removed_renamed_or_split_file_changes_the_source_digest(tmp_path):
+    baseline = digest_of(tmp_path / "base", {"a.py": "xy", "b.py": ""})
+    assert digest_of(tmp_path / "removed", {"a.py": "xy"}) != baseline
+    assert digest_of(tmp_path / "renamed", {"c.py": "xy", "b.py": ""}) != baseline
+    assert digest_of(tmp_path / "split", {"a.py": "x", "b.py": "y"}) != baseline
+    # A file's bytes cannot pass for the next file's path.
+    assert digest_of(tmp_path / "joined", {"a.py": "xyb.py"}) != baseline
+
+
+def test_the_executable_bit_and_an_empty_directory_change_the_source_digest(tmp_path):
+    baseline = digest_of(tmp_path / "base", TREE)
+    executable = tmp_path / "exec"
+    digest_of(executable, TREE)
+    (executable / "app.py").chmod(0o755)
+    assert source_digest(executable, BASE) != baseline
+    empty_dir = tmp_path / "dir"
+    digest_of(empty_dir, TREE)
+    (empty_dir / "media").mkdir()
+    assert source_digest(empty_dir, BASE) != baseline
+
+
+def test_the_context_is_part_of_the_source_digest(tmp_path):
+    """The base image id (and the Containerfile) the image is built from: a rebuilt base image
+    must not reuse an app image built on the old one."""
+    digest_of(tmp_path / "tree", TREE)
+    assert source_digest(tmp_path / "tree", BASE) != source_digest(tmp_path / "tree", "sha256:" + "c" * 64)
+
+
+def test_a_symlink_is_hashed_as_a_link_and_never_followed(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret")
+    tree = tmp_path / "tree"
+    digest_of(tree, TREE)
+    before = source_digest(tree, BASE)
+    (tree / "link").symlink_to(outside)
+    linked = source_digest(tree, BASE)
+    outside.write_text("changed")
+
+    assert linked != before
+    assert source_digest(tree, BASE) == linked  # the target's bytes were never read
