@@ -222,6 +222,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT 
 CELERY_TASK_ALWAYS_EAGER = False
 # The reconciler compares what runs with what should run this often (and at worker start).
 CELERY_BEAT_RECONCILE_SECONDS = env_int("COLTSFOOT_RECONCILE_SECONDS", 10)
+# The worker restarts itself when it has received nothing for this long while the broker answers (a known
+# Celery/Redis failure mode; provisioning/watchdog.py); it sends itself a probe every WORKER_PROBE_SECONDS. 0: off.
+WORKER_STALL_SECONDS = env_int("COLTSFOOT_WORKER_STALL_SECONDS", 120)
+WORKER_PROBE_SECONDS = env_int("COLTSFOOT_WORKER_PROBE_SECONDS", 15)
 RECONCILE_LEASE_SECONDS = env_int("COLTSFOOT_RECONCILE_LEASE_SECONDS", 120)
 # Crash-loop backoff of a replica: base, 2 base, 4 base, ... up to the cap; a replica that has run
 # healthily for RESTART_RESET_SECONDS starts over from the base.

@@ -43,6 +43,7 @@ from platform_apps.models import App
 from platform_apps.models import Deployment
 from provisioning import addons
 from provisioning import pipeline
+from provisioning import watchdog  # noqa: F401 - the worker's watchdog: its signal handlers and probe task
 from provisioning.firewall import firewall_sync
 from provisioning.reconciler import collector
 from provisioning.reconciler import lease as named_lease

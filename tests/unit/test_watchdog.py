@@ -1,0 +1,70 @@
+"""The worker watchdog's decision (provisioning/watchdog.py): restart only a worker that could have received and
+did not, while the broker answers."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from provisioning import watchdog
+from provisioning.watchdog import Liveness
+
+
+@pytest.mark.parametrize(
+    ("silent_for", "broker_up", "reserved", "expected"),
+    [
+        pytest.param(10, True, 0, False, id="received recently"),
+        pytest.param(130, True, 0, True, id="deaf for longer than the stall time, broker up: wedged"),
+        pytest.param(130, False, 0, False, id="the broker is down: not the consumer's fault"),
+        pytest.param(130, True, 2, False, id="busy with as many tasks as it may take: it takes no message"),
+        pytest.param(130, True, 1, True, id="room for one more and still deaf: wedged"),
+    ],
+)
+def test_wedged_decisions(silent_for: float, broker_up: bool, reserved: int, expected: bool):
+    liveness = Liveness(stall_seconds=120, last_seen=1000.0)
+    now = 1000.0 + silent_for
+    assert liveness.wedged(now=now, broker_up=broker_up, reserved=reserved, capacity=2) is expected
+
+
+def test_an_outage_or_a_busy_spell_restarts_the_clock():
+    liveness = Liveness(stall_seconds=120, last_seen=0.0)
+    assert not liveness.wedged(now=500.0, broker_up=False, reserved=0, capacity=2)
+    assert not liveness.wedged(now=600.0, broker_up=True, reserved=0, capacity=2)  # 100 s since the outage ended
+    assert liveness.wedged(now=621.0, broker_up=True, reserved=0, capacity=2)
+
+
+class FakeApp:
+    def __init__(self, dog: list[watchdog.Watchdog], *, deliver: bool) -> None:
+        self.sent: list[str] = []
+        self.dog = dog
+        self.deliver = deliver
+
+    def send_task(self, name: str) -> None:
+        self.sent.append(name)
+        if self.deliver:
+            self.dog[0].liveness.received()
+
+
+@pytest.mark.parametrize("deliver", [True, False])
+def test_the_watchdog_probes_and_restarts_only_a_deaf_worker(settings: Any, deliver: bool):
+    settings.WORKER_STALL_SECONDS = 0.3
+    settings.WORKER_PROBE_SECONDS = 0.05
+    holder: list[watchdog.Watchdog] = []
+    app = FakeApp(holder, deliver=deliver)
+    dog = watchdog.Watchdog(app, capacity=2)
+    holder.append(dog)
+    restarted = threading.Event()
+    with (
+        mock.patch.object(watchdog, "_broker_up", autospec=True, return_value=True),
+        mock.patch.object(watchdog, "_restart_in_place", autospec=True, side_effect=restarted.set),
+    ):
+        dog.thread.start()
+        restarted.wait(timeout=2.0 if not deliver else 1.0)
+        dog.stopped.set()
+        dog.thread.join(timeout=2)
+    assert app.sent
+    assert set(app.sent) == {watchdog.PROBE_TASK}
+    assert restarted.is_set() is (not deliver)
