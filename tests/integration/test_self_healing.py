@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from celery import Celery
 
+from devstack.services import RedisServer
 from devstack.stack import Stack
 from tests.integration.helpers import deploy_archive
 from tests.integration.helpers import hello_archive
@@ -273,6 +275,35 @@ def test_a_removed_network_and_an_orphan_container_are_repaired(
         timeout=RECOVERY_SECONDS,
         message="the orphan removed",
     )
+
+
+def test_a_worker_that_stops_receiving_restarts_itself_and_the_platform_goes_on(
+    stack: Stack, tenant: dict[str, Any], single: dict[str, Any]
+):
+    """Celery's known Redis failure (the worker runs, Redis answers, nothing is received), made on purpose: the
+    worker is told to stop consuming its queue. Its watchdog (a 30 s stall here) re-executes it, and a replica
+    killed meanwhile is back without anyone restarting anything."""
+    worker = stack.service("worker")
+    pid = worker.pid
+    since = worker.process.log_path.stat().st_size
+    broker = stack.service("redis")
+    assert isinstance(broker, RedisServer)
+    control = Celery(broker=broker.url)
+    try:
+        replies = control.control.cancel_consumer("celery", reply=True, timeout=10)
+    finally:
+        control.close()
+    assert replies, "the worker did not answer the control command"
+    (victim,) = _running(single["id"])
+    _podman("kill", victim)
+    deaf_at = time.monotonic()
+    time.sleep(10)  # deaf: no reconcile pass runs, so the replica stays dead
+    assert not _answers(stack, single)
+    wait_until(lambda: _answers(stack, single), timeout=120, interval=0.5, message="200 again after the restart")
+    logger.info("recovery: a deaf worker -> the app 200 again in %.1f s", time.monotonic() - deaf_at)
+    assert worker.pid == pid  # the same process, executed again
+    assert worker.process.running
+    assert "restarting the worker" in worker.read_log(since)
 
 
 @pytest.fixture
