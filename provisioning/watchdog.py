@@ -13,6 +13,11 @@ logs an error, terminates the pool's processes and executes the worker again in 
 the same log), which is what a supervisor restarting it would do. Work in flight is not lost: tasks are acked
 late, and the reconciler re-queues deployments whose lease went stale.
 
+The other half of the same failure: on a lost connection kombu 5.7 with redis-py 8 can raise inside its own
+recovery, Celery logs "Unrecoverable error" and starts a shutdown that then hangs (met here too). The watchdog
+sees that record on the `celery.worker` logger and restarts the worker at once. Nothing the watchdog does waits
+on Celery: the probe is published from a short-lived thread of its own.
+
 With several workers on one queue each receives some of the others' probes too, which only makes a false alarm
 less likely. WORKER_STALL_SECONDS = 0 turns the watchdog off.
 """
@@ -38,8 +43,6 @@ from celery.signals import worker_ready
 from celery.signals import worker_shutting_down
 from celery.worker import state as worker_state
 from django.conf import settings
-
-from core.queue import BROKER_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +94,21 @@ def _restart_in_place() -> None:
         if child.is_alive() and child.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGKILL)
-    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
     os.execv(sys.executable, sys.orig_argv)  # noqa: S606 - this process's own interpreter and arguments
+
+
+class _Fatal(logging.Handler):
+    """Sets `event` on Celery's "Unrecoverable error" (the only CRITICAL the worker logs)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        super().__init__(level=logging.CRITICAL)
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.event.set()
 
 
 class Watchdog:
@@ -101,15 +117,33 @@ class Watchdog:
         self.capacity = max(1, capacity)
         self.liveness = Liveness(stall_seconds=float(settings.WORKER_STALL_SECONDS))
         self.stopped = threading.Event()
+        self.fatal = threading.Event()
         self.thread = threading.Thread(target=self.run, name="coltsfoot-watchdog", daemon=True)
+        self._probe: threading.Thread | None = None
+
+    def _send_probe(self) -> None:
+        with contextlib.suppress(Exception):  # a broken broker connection: the decision sees the broker
+            self.app.send_task(PROBE_TASK)
+
+    def probe(self) -> None:
+        """Publish a probe without waiting for it: a publish can block while Celery's connection is broken."""
+        if self._probe is not None and self._probe.is_alive():
+            return
+        self._probe = threading.Thread(target=self._send_probe, name="coltsfoot-watchdog-probe", daemon=True)
+        self._probe.start()
 
     def run(self) -> None:
         period = float(settings.WORKER_PROBE_SECONDS)
-        while not self.stopped.wait(period):
-            with contextlib.suppress(*BROKER_ERRORS):  # the broker is down: the decision below sees that
-                self.app.send_task(PROBE_TASK)
+        while not self.stopped.is_set():
+            if self.fatal.wait(period):
+                if self.stopped.is_set():
+                    return
+                logger.error("worker: Celery gave up after an unrecoverable error; restarting the worker")
+                _restart_in_place()
+                return
             if self.stopped.is_set():
                 return
+            self.probe()
             wedged = self.liveness.wedged(
                 now=time.monotonic(),
                 broker_up=_broker_up(),
@@ -122,6 +156,7 @@ class Watchdog:
                     time.monotonic() - self.liveness.last_seen,
                 )
                 _restart_in_place()
+                return
 
 
 _watchdog: list[Watchdog] = []
@@ -142,6 +177,7 @@ def _start(sender: Any = None, **_: Any) -> None:
     capacity = concurrency * max(1, int(settings.CELERY_WORKER_PREFETCH_MULTIPLIER))
     watchdog = Watchdog(sender.app, capacity)
     _watchdog.append(watchdog)
+    logging.getLogger("celery.worker").addHandler(_Fatal(watchdog.fatal))
     watchdog.thread.start()
     logger.info("worker watchdog started", extra={"stall_seconds": watchdog.liveness.stall_seconds})
 

@@ -3,6 +3,7 @@ did not, while the broker answers."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 from unittest import mock
@@ -68,3 +69,27 @@ def test_the_watchdog_probes_and_restarts_only_a_deaf_worker(settings: Any, deli
     assert app.sent
     assert set(app.sent) == {watchdog.PROBE_TASK}
     assert restarted.is_set() is (not deliver)
+
+
+def test_celerys_unrecoverable_error_restarts_the_worker_at_once(settings: Any):
+    settings.WORKER_STALL_SECONDS = 3600  # the stall clock plays no part
+    settings.WORKER_PROBE_SECONDS = 0.05
+    holder: list[watchdog.Watchdog] = []
+    dog = watchdog.Watchdog(FakeApp(holder, deliver=True), capacity=2)
+    holder.append(dog)
+    handler = watchdog._Fatal(dog.fatal)
+    celery_worker_logger = logging.getLogger("celery.worker")
+    celery_worker_logger.addHandler(handler)
+    restarted = threading.Event()
+    try:
+        with mock.patch.object(watchdog, "_restart_in_place", autospec=True, side_effect=restarted.set):
+            dog.thread.start()
+            celery_worker_logger.warning("consumer: Connection to broker lost")  # not fatal
+            assert not restarted.wait(0.3)
+            celery_worker_logger.critical("Unrecoverable error: %r", AttributeError("hostname"))
+            assert restarted.wait(2.0)
+            dog.thread.join(timeout=2)
+    finally:
+        celery_worker_logger.removeHandler(handler)
+        dog.stopped.set()
+    assert not dog.thread.is_alive()
