@@ -30,6 +30,7 @@ dependencies.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -201,14 +202,17 @@ def project_dependencies(pyproject_text: str) -> list[str]:
     return requirements
 
 
+def _feed(digest: hashlib._Hash, chunk: bytes) -> None:
+    """Length-prefixed, so no two different inputs can run together into the same bytes."""
+    digest.update(len(chunk).to_bytes(8, "big"))
+    digest.update(chunk)
+
+
 def dependency_key(files: Mapping[str, bytes], base_image_id: str) -> str:
     """sha256 hex over the recipe version, the base image id and the files' names and contents."""
     digest = hashlib.sha256()
 
-    def feed(chunk: bytes) -> None:
-        # Length-prefixed, so no two different inputs can run together into the same bytes.
-        digest.update(len(chunk).to_bytes(8, "big"))
-        digest.update(chunk)
+    feed = functools.partial(_feed, digest)
 
     feed(b"coltsfoot-deps")
     feed(DEPENDENCY_RECIPE_VERSION.encode())
@@ -241,10 +245,7 @@ def source_digest(src: Path, context: str) -> str:
     followed or read, though intake and the git fetch refuse them anyway."""
     digest = hashlib.sha256()
 
-    def feed(chunk: bytes) -> None:
-        # Length-prefixed, so no two different inputs can run together into the same bytes.
-        digest.update(len(chunk).to_bytes(8, "big"))
-        digest.update(chunk)
+    feed = functools.partial(_feed, digest)
 
     feed(b"coltsfoot-source")
     feed(SOURCE_DIGEST_VERSION.encode())

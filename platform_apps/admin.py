@@ -155,19 +155,8 @@ class AppAdmin(AuditedAdmin[App]):
         "created_at",
         "updated_at",
     ]
-    readonly_fields = [
-        "public_id",
-        "tenant",
-        "name",
-        "url_link",
-        "state",
-        "status_badge",
-        "replicas_running",
-        "replica_table",
-        "live_deployment_link",
-        "created_at",
-        "updated_at",
-    ]
+    # Everything but what AppForm edits (through `app_update`).
+    readonly_fields = [f for f in fields if isinstance(f, str) and f not in AppForm.Meta.fields]
     actions = ["redeploy", "rollback", "force_reconcile", "delete_apps"]
 
     class Media:
