@@ -68,14 +68,15 @@ def press(deadline):
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
-        if url.path == "/bomb":
-            seconds = min(60.0, float(urllib.parse.parse_qs(url.query).get("seconds", ["10"])[0]))
-            threading.Thread(target=press, args=(time.monotonic() + seconds,), daemon=True).start()
         body = f"fork failures {failures}\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        self.wfile.flush()
+        if url.path == "/bomb":  # only once the answer is out: the bomb may take the whole sandbox down
+            seconds = min(60.0, float(urllib.parse.parse_qs(url.query).get("seconds", ["10"])[0]))
+            threading.Thread(target=press, args=(time.monotonic() + seconds,), daemon=True).start()
 
     def log_message(self, *args):
         pass
