@@ -14,8 +14,10 @@ Progress goes to stderr; the result is one JSON document on stdout.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import multiprocessing
 import os
 import platform as host_platform
 import secrets
@@ -26,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,39 @@ def latency(client: httpx.Client, runs: int = 300) -> dict[str, float]:
         "p99_ms": round(percentile(samples, 0.99), 2),
         "max_ms": round(max(samples), 2),
     }
+
+
+def follow_streams(conn: Connection, base_url: str, path: str, headers: dict[str, str], streams: int) -> None:
+    """In a child process: open `streams` follow streams, say "open", count the events each receives until told
+    to stop, then send the counts."""
+    received = [0] * streams
+
+    async def one(client: httpx.AsyncClient, index: int, opened: asyncio.Event, ready: list[int]) -> None:
+        async with client.stream("GET", path, params={"lines": 1}, headers=headers) as response:
+            ready[0] += 1
+            if ready[0] == streams:
+                opened.set()
+            async for line in response.aiter_lines():
+                if line.startswith("id:"):
+                    received[index] += 1
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=streams + 10)
+        timeout = httpx.Timeout(30, read=60)
+        async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits, trust_env=False) as client:
+            opened = asyncio.Event()
+            ready = [0]
+            tasks = [asyncio.create_task(one(client, i, opened, ready)) for i in range(streams)]
+            await asyncio.wait_for(opened.wait(), timeout=120)
+            conn.send("open")
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, conn.recv)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+    conn.send(received)
 
 
 def wait_live(client: httpx.Client, deployment_id: str, timeout: float = 600) -> None:
@@ -132,28 +168,19 @@ def run(platform: Platform, lines: int, streams: int) -> dict[str, Any]:
     # (b) latency without and with open follow streams
     without = latency(client)
     logger.info("GET /apps without streams: %s", without)
-    stop = threading.Event()
-    received = [0] * streams
-    opened = threading.Barrier(streams + 1, timeout=120)
-
-    def follow(index: int) -> None:
-        headers = {"Authorization": f"Bearer {tenant['token']}", "Accept": "text/event-stream"}
-        with (
-            httpx.Client(base_url=platform.api_url, timeout=httpx.Timeout(30, read=60), trust_env=False) as c,
-            c.stream("GET", f"/apps/{app['id']}/logs", params={"lines": 1}, headers=headers) as response,
-        ):
-            opened.wait()
-            for line in response.iter_lines():
-                if line.startswith("id:"):
-                    received[index] += 1
-                if stop.is_set():
-                    return
-
-    threads = [threading.Thread(target=follow, args=(i,), daemon=True) for i in range(streams)]
-    for thread in threads:
-        thread.start()
-    opened.wait()
+    # The followers live in a process of their own (one asyncio loop, like remote clients would): 100 client
+    # threads in this process would fight the latency probe for the GIL and measure the bench, not the API.
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    headers = {"Authorization": f"Bearer {tenant['token']}", "Accept": "text/event-stream"}
+    followers = context.Process(
+        target=follow_streams, args=(child, platform.api_url, f"/apps/{app['id']}/logs", headers, streams)
+    )
+    followers.start()
+    if not parent.poll(120) or parent.recv() != "open":
+        raise RuntimeError("the follow streams did not open")
     logger.info("%d follow streams open", streams)
+    stop = threading.Event()
 
     def trickle() -> None:
         while not stop.is_set():
@@ -166,6 +193,9 @@ def run(platform: Platform, lines: int, streams: int) -> dict[str, Any]:
     with_streams = latency(client)
     stop.set()
     feeder.join(timeout=10)
+    parent.send("stop")
+    received: list[int] = parent.recv() if parent.poll(60) else []
+    followers.join(timeout=30)
     logger.info("GET /apps with %d streams: %s", streams, with_streams)
     return {
         "throughput": throughput,

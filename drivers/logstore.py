@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator
 from collections.abc import Iterable
 from collections.abc import Sequence
 from datetime import UTC
@@ -184,7 +183,7 @@ return {last, trimmed}
 """
 
 
-def _entry(raw_id: str, fields: dict[str, str]) -> Entry:
+def entry_from_raw(raw_id: str, fields: dict[str, str]) -> Entry:
     return Entry(
         id=raw_id,
         ts=fields.get("t", ""),
@@ -296,7 +295,7 @@ class LogStore:
                         break
                     newest = newest or batch[0][0]
                     for raw_id, fields in batch:
-                        entry = _entry(raw_id, fields)
+                        entry = entry_from_raw(raw_id, fields)
                         if match(entry):
                             found.append(entry)
                             if len(found) == lines:
@@ -312,7 +311,7 @@ class LogStore:
                     break
                 for raw_id, fields in batch:
                     scanned = raw_id
-                    entry = _entry(raw_id, fields)
+                    entry = entry_from_raw(raw_id, fields)
                     if match(entry):
                         found.append(entry)
                         if len(found) == lines:
@@ -354,24 +353,11 @@ class AsyncFollower:
             raise LogStoreError(f"following {self.key} failed: {exc}") from exc
         entries: list[Entry] = []
         for _stream, batch in reply or []:
-            entries += [_entry(raw_id, fields) for raw_id, fields in batch]
+            entries += [entry_from_raw(raw_id, fields) for raw_id, fields in batch]
         return entries
 
     async def close(self) -> None:
         await self.client.aclose()
-
-
-async def follow(
-    follower: AsyncFollower, cursor: str, *, block_ms: int, match: Matcher | None = None
-) -> AsyncIterator[list[Entry]]:
-    """Yield the matching entries after `cursor` as they arrive, [] after each `block_ms` without any (a
-    heartbeat's chance); forever, the caller stops iterating."""
-    match = match or Matcher()
-    while True:
-        batch = await follower.after(cursor, block_ms=block_ms)
-        if batch:
-            cursor = batch[-1].id
-        yield [entry for entry in batch if match(entry)]
 
 
 # --- the platform's store -------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Follow streams: Server-Sent Events over a log stream.
 
 The answer is a StreamingHttpResponse over an async generator: under the ASGI server (granian) an open stream
-costs a coroutine and one Redis connection blocked in XREAD, no worker thread, so many followers do not slow the
-rest of the API. Framing (one event per line):
+costs a coroutine, no worker thread and no Redis connection of its own (the followers of an app in one process
+share one blocked XREAD: `hub`), so many followers do not slow the rest of the API. Framing (one event per line):
 
     id: <cursor>
     data: {"id": "<cursor>", "ts": "...", "source": "web.1", "line": "..."}
@@ -16,6 +16,7 @@ every line after that one, none twice.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from django.http import HttpRequest
 from django.http import StreamingHttpResponse
 
 from drivers import logstore
+from platform_apps.logs import hub
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,9 @@ def last_event_id(request: HttpRequest) -> str | None:
     return value or None
 
 
+@functools.lru_cache(maxsize=4096)
 def event(entry: logstore.Entry) -> str:
+    """One line's SSE event; cached, since every follower of an app sends the same text for the same entry."""
     return f"id: {entry.id}\ndata: {json.dumps(entry.as_item(), ensure_ascii=False)}\n\n"
 
 
@@ -73,18 +77,24 @@ async def events(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + float(settings.LOG_STREAM_MAX_SECONDS)
     heartbeat = float(settings.LOG_HEARTBEAT_SECONDS)
-    follower = logstore.follower(app_id)
     failures = 0
-    try:
+    quiet_since = loop.time()
+    async with hub.subscribe(app_id, cursor) as subscription:
         while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            now = loop.time()
+            if now >= deadline:
                 yield end_event(reason="max_duration")
                 return
-            block_ms = max(1, int(min(heartbeat, remaining) * 1000))
+            if now - quiet_since >= heartbeat:
+                yield ": keepalive\n\n"
+                quiet_since = now
+            wait = min(heartbeat - (now - quiet_since), deadline - now)
             try:
-                batch = await follower.after(cursor, block_ms=block_ms)
+                batch = await subscription.next(timeout=max(0.001, wait))
                 failures = 0
+            except hub.Unavailable:
+                yield end_event(reason="unavailable")
+                return
             except logstore.LogStoreError:
                 # A blip (a reconnect, a slow connect on a loaded host) costs nothing: the cursor says where
                 # to go on. Only a store that stays away ends the stream (the client reconnects later).
@@ -95,19 +105,14 @@ async def events(
                     return
                 await asyncio.sleep(1.0)
                 continue
-            if not batch:
-                yield ": keepalive\n\n"
-                continue
-            cursor = batch[-1].id
             for entry in batch:
                 if not match(entry):
                     continue
                 yield event(entry)
+                quiet_since = loop.time()
                 if until_end_state and entry.end_state:
                     yield end_event(reason="deployment_finished", state=entry.end_state)
                     return
-    finally:
-        await follower.close()
 
 
 def sse_response(content: AsyncIterator[str]) -> StreamingHttpResponse:
