@@ -174,6 +174,12 @@ BASE_IMAGE = env_str("COLTSFOOT_BASE_IMAGE", "localhost/coltsfoot-base:bookworm"
 BASE_IMAGE_MIRROR = env_str("COLTSFOOT_BASE_IMAGE_MIRROR", "")  # Debian mirror for debootstrap; "" = apt's
 BUILD_CA_BUNDLE = env_str("COLTSFOOT_BUILD_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
 BUILD_PIP_INDEX_URL = env_str("COLTSFOOT_PIP_INDEX_URL", "")
+# uv installs dependencies in the build sandbox: this binary (by default the one pinned in the platform's own
+# uv.lock, next to this Python), mounted read-only. Each tenant has a uv cache of its own under
+# BUILD_UV_CACHE_ROOT, emptied when a build leaves it over BUILD_UV_CACHE_MAX_MB (0: no cache at all).
+BUILD_UV = env_str("COLTSFOOT_BUILD_UV", str(Path(sys.executable).with_name("uv")))
+BUILD_UV_CACHE_ROOT = Path(env_str("COLTSFOOT_BUILD_UV_CACHE_ROOT", str(DATA_DIR / "uv-cache")))
+BUILD_UV_CACHE_MAX_MB = env_int("COLTSFOOT_BUILD_UV_CACHE_MAX_MB", 2048)
 BUILD_ROOT = DATA_DIR / "builds"
 START_DEADLINE_SECONDS = env_int("COLTSFOOT_START_DEADLINE", 30)
 RELEASE_TIMEOUT_SECONDS = env_int("COLTSFOOT_RELEASE_TIMEOUT", 600)

@@ -10,9 +10,8 @@ A build happens in two images, and no tenant-controlled code ever runs on the ho
    `dependency_install_script()` with `/bin/sh` inside a gVisor container from the base image,
    with `dependency_files()` mounted read-only at `/deps`, and committing the container. Its key
    (`dependency_key()`) hashes those files with the base image id, so apps with the same
-   dependencies share it and a code-only change reuses it. pip and any `setup.py` run there.
-   The script honours pip's own environment (`PIP_INDEX_URL`, `PIP_CERT`, ...) for the
-   platform's index and CA settings.
+   dependencies share it and a code-only change reuses it. uv (the platform's pinned binary,
+   mounted read-only) and any `setup.py` run there, with the platform's index and CA settings.
 2. The app image is `podman build` of the unpacked tree with `containerfile()`, which only
    copies files and sets the environment: no `RUN`, because `podman build` runs on the host in
    chroot isolation. Write the Containerfile *outside* the source tree and pass it with `-f`,
@@ -63,14 +62,16 @@ DEPS_MOUNT = "/deps"
 VENV_DIR = "/app/.venv"
 APP_DIR = "/app/src"
 DEPS_IMAGE_REPOSITORY = "localhost/coltsfoot-deps"
-UV_REQUIREMENT = "uv==0.13.8"
+# Where the platform's uv binary (the `uv` pinned in the platform's own uv.lock) and the tenant's uv cache
+# are mounted in the dependency sandbox. Outside /tmp (the sandbox's tmpfs) and /app (what is committed).
+UV_BINARY = "/opt/coltsfoot/bin/uv"
+UV_CACHE_MOUNT = "/opt/coltsfoot/uv-cache"
 # Part of every dependency key: bump it whenever the install script changes what it builds, so
 # images made by the old recipe are not reused.
-DEPENDENCY_RECIPE_VERSION = "1"
+DEPENDENCY_RECIPE_VERSION = "2"
 
 # Scratch paths inside the single-use install container (not the host's /tmp), removed at the end.
-_UV_TOOL_DIR = "/tmp/coltsfoot-uv"  # noqa: S108
-_UV_CACHE_DIR = "/tmp/coltsfoot-uv-cache"  # noqa: S108
+_UV_SCRATCH_CACHE = "/tmp/coltsfoot-uv-cache"  # noqa: S108
 _LOCKED_REQUIREMENTS = "/tmp/coltsfoot-locked-requirements.txt"  # noqa: S108
 _PATH = f"{VENV_DIR}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -275,55 +276,40 @@ def source_digest(src: Path, context: str) -> str:
     return digest.hexdigest()
 
 
-def dependency_install_script(spec: AppSpec) -> str:
-    """The `/bin/sh` script that builds `/app/.venv` inside the sandbox, from the files in `/deps`.
+def dependency_install_script(spec: AppSpec, *, uv_cache: bool = False) -> str:
+    """The `/bin/sh` script that builds `/app/.venv` inside the sandbox, from the files in `/deps`, with uv.
 
-    Runs in a gVisor container from the base image, never on the host.
+    Runs in a gVisor container from the base image, never on the host. uv is the platform's own binary,
+    mounted read-only at `UV_BINARY`; with `uv_cache` its cache is the tenant's own directory mounted at
+    `UV_CACHE_MOUNT` (never shared across tenants: a build runs package code, which could poison it), else a
+    scratch directory of the sandbox. `PIP_INDEX_URL` (the platform's index setting, a secret in the
+    environment when set) becomes uv's default index; certificates come from the system bundle, where the
+    platform's CA bundle is mounted.
     """
-    pip_install = [
-        f"{VENV_DIR}/bin/python",
-        "-m",
-        "pip",
-        "install",
-        "--no-cache-dir",
-        "--no-input",
-        "--disable-pip-version-check",
-    ]
+    uv = UV_BINARY
+    install = [uv, "pip", "install", "--python", f"{VENV_DIR}/bin/python"]
     commands = [
         ["echo", f"-----> Creating the virtualenv {VENV_DIR}"],
-        ["python3", "-m", "venv", VENV_DIR],
+        [uv, "venv", "--python", "/usr/bin/python3", VENV_DIR],
     ]
     match spec.deps_kind:
         case "requirements":
             commands += [
                 ["echo", "-----> Installing dependencies from requirements.txt"],
-                [*pip_install, "-r", f"{DEPS_MOUNT}/{REQUIREMENTS}"],
+                [*install, "-r", f"{DEPS_MOUNT}/{REQUIREMENTS}"],
             ]
         case "pyproject":
             commands += [
                 ["echo", "-----> Installing [project].dependencies from pyproject.toml"],
-                [*pip_install, "-r", f"{DEPS_MOUNT}/{REQUIREMENTS}"],
+                [*install, "-r", f"{DEPS_MOUNT}/{REQUIREMENTS}"],
             ]
         case "uv":
             commands += [
                 ["echo", "-----> Installing dependencies locked in uv.lock"],
-                # uv only translates the lock; it lives outside the venv and is removed after.
-                ["python3", "-m", "venv", _UV_TOOL_DIR],
+                # The export pins every transitive dependency, and installing it honours the platform's
+                # index setting (a sync would fetch from the URLs recorded in the lock).
                 [
-                    f"{_UV_TOOL_DIR}/bin/python",
-                    "-m",
-                    "pip",
-                    "install",
-                    "--no-cache-dir",
-                    "--no-input",
-                    "--disable-pip-version-check",
-                    UV_REQUIREMENT,
-                ],
-                [
-                    "env",
-                    f"UV_CACHE_DIR={_UV_CACHE_DIR}",
-                    "UV_PYTHON_DOWNLOADS=never",
-                    f"{_UV_TOOL_DIR}/bin/uv",
+                    uv,
                     "export",
                     "--directory",
                     DEPS_MOUNT,
@@ -332,16 +318,36 @@ def dependency_install_script(spec: AppSpec) -> str:
                     "--no-hashes",
                     "--no-emit-workspace",
                     "--no-header",
+                    "--quiet",  # the file is enough: no copy of it in the build log
                     "--output-file",
                     _LOCKED_REQUIREMENTS,
                 ],
-                # The export pins every transitive dependency: --no-deps keeps pip to exactly those.
-                [*pip_install, "--no-deps", "-r", _LOCKED_REQUIREMENTS],
-                ["rm", "-rf", _UV_TOOL_DIR, _UV_CACHE_DIR, _LOCKED_REQUIREMENTS],
+                # --no-deps keeps the install to exactly the exported pins.
+                [*install, "--no-deps", "-r", _LOCKED_REQUIREMENTS],
+                ["rm", "-f", _LOCKED_REQUIREMENTS],
             ]
         case "none":
             commands += [["echo", "-----> No requirements.txt or pyproject.toml: nothing to install"]]
-    lines = ["set -eu", "umask 022", "export HOME=/tmp", *(shlex.join(command) for command in commands)]
+    environment = {
+        "HOME": "/tmp",  # noqa: S108 - the sandbox's own tmpfs
+        "UV_CACHE_DIR": UV_CACHE_MOUNT if uv_cache else _UV_SCRATCH_CACHE,
+        "UV_PYTHON_DOWNLOADS": "never",
+        # Bytecode now, once: the app's tree is read-only at run time, so each start would compile it again.
+        "UV_COMPILE_BYTECODE": "1",
+        # The cache and the venv are on different filesystems: copy, and say so (no fallback warning).
+        "UV_LINK_MODE": "copy",
+        "UV_NO_PROGRESS": "1",
+        "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
+    }
+    lines = [
+        "set -eu",
+        "umask 022",
+        *(f"export {key}={shlex.quote(value)}" for key, value in environment.items()),
+        'if [ -n "${PIP_INDEX_URL:-}" ]; then export UV_DEFAULT_INDEX="$PIP_INDEX_URL"; fi',
+        *(shlex.join(command) for command in commands),
+    ]
+    if not uv_cache:
+        lines.append(shlex.join(["rm", "-rf", _UV_SCRATCH_CACHE]))
     return "\n".join(lines) + "\n"
 
 

@@ -8,10 +8,13 @@ podman or Caddy is called: every state change is a single conditional UPDATE.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import shlex
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Iterable
@@ -43,6 +46,7 @@ from platform_apps.models import Replica
 from provisioning.firewall import firewall_ensure_for_network
 from provisioning.runtime import resolve_for_runtime
 from provisioning.runtime import tenant_network
+from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -278,10 +282,18 @@ def _install_dependencies(
     deps_dir.chmod(0o755)
     for child in deps_dir.iterdir():
         child.chmod(0o644)
-    mounts: tuple[tuple[str, str, bool], ...] = ((str(deps_dir), "/deps", True),)
+    uv = Path(settings.BUILD_UV)
+    if not uv.is_file():
+        raise PlatformError(
+            "build.uv_missing", "The platform's build tools are not installed; an operator must fix it."
+        )
+    mounts: tuple[tuple[str, str, bool], ...] = ((str(deps_dir), "/deps", True), (str(uv), buildpack.UV_BINARY, True))
     if settings.BUILD_CA_BUNDLE and Path(settings.BUILD_CA_BUNDLE).is_file():
         mounts += ((str(settings.BUILD_CA_BUNDLE), CA_BUNDLE_IN_CONTAINER, True),)
-    env = {"HOME": "/tmp", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # noqa: S108 - the sandbox's own tmpfs
+    cache = uv_cache_dir(deployment.app.tenant)
+    if cache is not None:
+        mounts += ((str(cache), buildpack.UV_CACHE_MOUNT, False),)
+    env = {"HOME": "/tmp"}  # noqa: S108 - the sandbox's own tmpfs
     # The index URL may carry credentials: a secret, since `podman commit` keeps the plain env.
     secret_env: dict[str, str] = {}
     if settings.BUILD_PIP_INDEX_URL:
@@ -292,7 +304,7 @@ def _install_dependencies(
         deployment,
         name=name,
         image=str(settings.BASE_IMAGE),
-        command=buildpack.dependency_install_script(spec) + _DEPS_GUARD,
+        command=buildpack.dependency_install_script(spec, uv_cache=cache is not None) + _DEPS_GUARD,
         role="deps",
         env=env,
         secret_env=secret_env,
@@ -317,6 +329,53 @@ def _install_dependencies(
         for secret in secret_env.values():
             podman.secret_remove(secret)
         shutil.rmtree(deps_dir, ignore_errors=True)
+        if cache is not None:
+            uv_cache_bound(deployment, cache)
+
+
+def uv_cache_dir(tenant: Tenant) -> Path | None:
+    """The tenant's own uv cache directory (created, owned by the tenant's uid, 0700), or None when the cache
+    is off. Never shared: a build runs package code, which can write anything into the cache it is given."""
+    if int(settings.BUILD_UV_CACHE_MAX_MB) <= 0:
+        return None
+    root = Path(settings.BUILD_UV_CACHE_ROOT)
+    root.mkdir(mode=0o711, parents=True, exist_ok=True)
+    path = root / tenant.public_id.hex
+    path.mkdir(mode=0o700, exist_ok=True)
+    if path.is_symlink() or not path.is_dir():
+        raise PlatformError("build.uv_cache_unusable", "The build cache directory is not usable.")
+    if os.geteuid() == 0:
+        os.chown(path, tenant.linux_uid, tenant.linux_uid, follow_symlinks=False)
+    return path
+
+
+def uv_cache_bound(deployment: Deployment, cache: Path) -> None:
+    """Empty the tenant's uv cache when the build left it over its bound (the next build fills it again)."""
+    limit = int(settings.BUILD_UV_CACHE_MAX_MB) * 1024 * 1024
+    used = tree_size(cache)
+    if used <= limit:
+        return
+    logger.info(
+        "uv cache over its bound, emptied",
+        extra={**log_context(deployment), "cache_bytes": used, "limit_bytes": limit},
+    )
+    for child in cache.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the regular files under `path`, not following links."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(root, name))
+                if stat.S_ISREG(info.st_mode):
+                    total += info.st_size
+    return total
 
 
 # --- Reusing the image of an unchanged source -----------------------------------------------

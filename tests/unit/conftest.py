@@ -76,6 +76,13 @@ def pipeline_settings(settings: Any, tmp_path: Path) -> None:
     settings.BUILD_PIP_INDEX_URL = ""
     settings.BUILD_CA_BUNDLE = ""
     settings.START_DEADLINE_SECONDS = 2
+    # A stand-in for the platform's uv binary (only mounted into the fake sandbox) and a cache root of the test's.
+    uv = tmp_path / "bin" / "uv"
+    uv.parent.mkdir()
+    uv.write_bytes(b"")
+    settings.BUILD_UV = str(uv)
+    settings.BUILD_UV_CACHE_ROOT = tmp_path / "uv-cache"
+    settings.BUILD_UV_CACHE_MAX_MB = 1
 
 
 @pytest.fixture(autouse=True)

@@ -344,49 +344,71 @@ def script_commands(kind) -> list[list[str]]:
     return [shlex.split(line) for line in dependency_install_script(spec(kind)).splitlines()]
 
 
+UV = "/opt/coltsfoot/bin/uv"
+
+
+def exports(script: str) -> dict[str, str]:
+    return dict(
+        line.removeprefix("export ").split("=", 1) for line in script.splitlines() if line.startswith("export ")
+    )
+
+
 @pytest.mark.parametrize("kind", ["requirements", "pyproject", "uv", "none"])
-def test_install_script_creates_the_venv_first(kind):
+def test_install_script_creates_the_venv_with_uv_first(kind):
     commands = script_commands(kind)
     assert commands[0] == ["set", "-eu"]
-    assert ["python3", "-m", "venv", "/app/.venv"] in commands
-    installs = [command for command in commands if "install" in command and "pip" in command]
-    for command in installs:
-        assert "--no-cache-dir" in command
+    venv = next(command for command in commands if command[0] != "export" and "venv" in command)
+    assert venv == [UV, "venv", "--python", "/usr/bin/python3", "/app/.venv"]
+    # Nothing runs pip: every install is uv's, into the app's venv.
+    assert not any("pip" in command and UV not in command for command in commands)
+    for command in commands:
+        if "install" in command:
+            assert command[:5] == [UV, "pip", "install", "--python", "/app/.venv/bin/python"]
+
+
+def test_install_script_settings_for_uv():
+    env = exports(dependency_install_script(spec("requirements")))
+    assert env["UV_PYTHON_DOWNLOADS"] == "never"  # the base image's Python, never a download
+    assert env["UV_COMPILE_BYTECODE"] == "1"  # the app's tree is read-only at run time
+    assert env["SSL_CERT_FILE"] == "/etc/ssl/certs/ca-certificates.crt"  # where the platform's CA bundle goes
+    assert env["HOME"] == "/tmp"
+    # The platform's index setting arrives as PIP_INDEX_URL (a secret): uv is pointed at it.
+    assert 'export UV_DEFAULT_INDEX="$PIP_INDEX_URL"' in dependency_install_script(spec("requirements"))
+
+
+def test_without_a_tenant_cache_uv_uses_a_scratch_cache_it_removes():
+    script = dependency_install_script(spec("requirements"))
+    scratch = exports(script)["UV_CACHE_DIR"]
+    assert scratch.startswith("/tmp/")
+    assert script.splitlines()[-1] == f"rm -rf {scratch}"
+
+
+def test_with_the_tenant_cache_uv_uses_its_mount_and_keeps_it():
+    script = dependency_install_script(spec("requirements"), uv_cache=True)
+    assert exports(script)["UV_CACHE_DIR"] == "/opt/coltsfoot/uv-cache"
+    assert "rm -rf /opt/coltsfoot/uv-cache" not in script
 
 
 @pytest.mark.parametrize("kind", ["requirements", "pyproject"])
 def test_install_script_for_requirements(kind):
     commands = script_commands(kind)
-    assert commands[-1] == [
-        "/app/.venv/bin/python",
-        "-m",
-        "pip",
-        "install",
-        "--no-cache-dir",
-        "--no-input",
-        "--disable-pip-version-check",
-        "-r",
-        "/deps/requirements.txt",
-    ]
+    assert commands[-2] == [UV, "pip", "install", "--python", "/app/.venv/bin/python", "-r", "/deps/requirements.txt"]
 
 
 def test_install_script_for_uv_honours_the_lock():
     commands = script_commands("uv")
-    export = next(command for command in commands if any(arg.endswith("/bin/uv") for arg in command))
+    export = next(command for command in commands if command[:2] == [UV, "export"])
     assert {"--frozen", "--no-hashes", "--no-emit-workspace", "--no-dev"} <= set(export)
     assert export[export.index("--directory") + 1] == "/deps"
     output = export[export.index("--output-file") + 1]
-    install_uv = next(command for command in commands if any(arg.startswith("uv==") for arg in command))
-    assert install_uv[0] != "/app/.venv/bin/python"  # uv is not installed into the app's venv
-    final = next(command for command in commands if command[0] == "/app/.venv/bin/python" and "-r" in command)
+    final = next(command for command in commands if "install" in command)
     assert final[-2:] == ["-r", output]
-    assert "--no-deps" in final
-    assert commands[-1][:2] == ["rm", "-rf"]
-    assert output in commands[-1]
+    assert "--no-deps" in final  # exactly the locked pins
+    assert commands.index(export) < commands.index(final) < commands.index(["rm", "-f", output])
 
 
 def test_install_script_for_none_installs_nothing():
-    assert not any("pip" in command for command in script_commands("none"))
+    assert not any("install" in command for command in script_commands("none"))
 
 
 def test_install_script_reads_only_from_deps_mount():

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from core.faults import PlatformError
 from core.faults import UserError
 from drivers import podman
 from platform_apps.models import App
@@ -241,10 +242,40 @@ def test_build_installs_dependencies_in_a_sandbox_and_builds_from_them(app: App,
     assert install.labels["coltsfoot.role"] == "deps"
     assert install.image == settings.BASE_IMAGE
     assert install.uid == app.tenant.linux_uid
-    assert "/deps" in [target for _, target, _ in install.mounts]
-    assert all(read_only for _, _, read_only in install.mounts)
+    mounts = {target: (source, read_only) for source, target, read_only in install.mounts}
+    assert mounts["/deps"][1] is True
+    assert mounts["/opt/coltsfoot/bin/uv"] == (settings.BUILD_UV, True)
+    # Writable: only the tenant's own uv cache.
+    cache = settings.BUILD_UV_CACHE_ROOT / app.tenant.public_id.hex
+    assert [target for target, (_, read_only) in mounts.items() if not read_only] == ["/opt/coltsfoot/uv-cache"]
+    assert mounts["/opt/coltsfoot/uv-cache"][0] == str(cache)
+    assert cache.is_dir()
+    assert cache.stat().st_mode & 0o777 == 0o700
+    assert "UV_CACHE_DIR=/opt/coltsfoot/uv-cache" in install.command
     assert fake_podman.containers == {}  # the install container was committed, then removed
     assert "Installing dependencies" in reload(deployment).log
+
+
+def test_a_build_that_leaves_the_uv_cache_over_its_bound_empties_it(app: App, fake_podman: FakePodman):
+    cache = settings.BUILD_UV_CACHE_ROOT / app.tenant.public_id.hex
+    cache.mkdir(parents=True)
+    (cache / "wheels").mkdir()
+    (cache / "wheels" / "big.whl").write_bytes(b"x" * (settings.BUILD_UV_CACHE_MAX_MB * 1024 * 1024 + 1))
+
+    pipeline.build(archive_deployment(app))
+
+    assert cache.is_dir()
+    assert list(cache.iterdir()) == []
+
+
+def test_a_build_without_the_platforms_uv_is_a_platform_error(app: App, fake_podman: FakePodman, settings: Any):
+    settings.BUILD_UV = str(settings.BUILD_UV_CACHE_ROOT / "no-such-uv")
+
+    with pytest.raises(PlatformError) as error:
+        pipeline.build(archive_deployment(app))
+
+    assert error.value.code == "build.uv_missing"
+    assert fake_podman.oneoffs == []
 
 
 def test_unchanged_dependencies_reuse_the_dependency_layer(app: App, fake_podman: FakePodman):
