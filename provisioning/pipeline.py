@@ -695,22 +695,29 @@ def replica_spec(deployment: Deployment, index: int, runtime: Runtime) -> podman
     )
 
 
-def start_replicas(deployment: Deployment, runtime: Runtime) -> list[str]:
-    """Start (or find) the deployment's replicas and wait until each answers HTTP; returns upstreams."""
-    app = deployment.app
-    network = tenant_network(app.tenant.public_id)
-    names = [replica_name(deployment.public_id, i) for i in range(app.replicas)]
-    step(deployment, f"Starting {len(names)} replica(s) under gVisor")
-    for index, name in enumerate(names):
-        if podman.container_is_running(name):
-            continue
-        podman.container_remove(name)  # a stopped leftover from a dead attempt holds the name
+def launch_replicas(deployment: Deployment, runtime: Runtime) -> list[str]:
+    """Start whichever of the deployment's replicas is not running (none receives traffic before the route
+    switch); returns their names. Called before `release` so the sandboxes boot while it runs, and again
+    after it, which starts again one that exited meanwhile (say, a web process that needs the migration)."""
+    names = [replica_name(deployment.public_id, i) for i in range(deployment.app.replicas)]
+    missing = [(index, name) for index, name in enumerate(names) if not podman.container_is_running(name)]
+    if missing:
+        step(deployment, f"Starting {len(missing)} replica(s) under gVisor")
+    for index, name in missing:
+        podman.container_remove(name)  # a stopped leftover (a dead attempt, an exit during release) holds the name
         podman.container_run_detached(replica_spec(deployment, index, runtime))
         Replica.objects.update_or_create(
             deployment=deployment,
             index=index,
             defaults={"name": name, "state": Replica.State.STARTING, "started_at": timezone.now()},
         )
+    return names
+
+
+def start_replicas(deployment: Deployment, runtime: Runtime) -> list[str]:
+    """Start (or find) the deployment's replicas and wait until each answers HTTP; returns upstreams."""
+    network = tenant_network(deployment.app.tenant.public_id)
+    names = launch_replicas(deployment, runtime)
     deadline = time.monotonic() + float(settings.START_DEADLINE_SECONDS)
     upstreams = []
     with health_client() as client:

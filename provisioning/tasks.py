@@ -293,6 +293,10 @@ def drive(deployment_id: uuid.UUID) -> None:
         return
     pipeline.network_ensure(deployment)
     runtime = pipeline.runtime_env(deployment)
+    if deployment.release_command and not deployment.released:
+        # The new sandboxes boot while `release:` runs; traffic moves only once both succeeded (a failed
+        # release fails the deployment, which removes its replicas: nothing switches).
+        pipeline.launch_replicas(deployment, runtime)
     pipeline.release(deployment, runtime)
     upstreams = pipeline.start_replicas(deployment, runtime)
     if pipeline.newer_deployment_exists(deployment):

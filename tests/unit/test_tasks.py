@@ -12,6 +12,7 @@ import logging
 import uuid
 from datetime import timedelta
 from typing import Any
+from typing import cast
 from unittest import mock
 
 import pytest
@@ -619,23 +620,70 @@ def test_a_failing_release_command_switches_nothing(
     assert release_failing.error_code == "release.failed"
     assert "migration failed" in release_failing.log
     assert not release_failing.released
-    assert not any(name.startswith(f"tsl-{release_failing.public_id}") for name in fake_podman.started)
+    # Its replicas booted while the release ran; the failure removed them before any traffic reached them.
+    assert any(str(release_failing.public_id) in name for name in fake_podman.started)
     assert fake_podman.names_of(release_failing) == []
     assert live_deployment_of(app) == live
     assert routes.table == route_before
     assert routes.writes == writes
 
 
-def test_a_release_that_succeeded_is_not_run_again_on_resume(
-    app: App,
-    fake_podman: FakePodman,
-):
+def _during_release(fake_podman: FakePodman, action: Any) -> list[list[str]]:
+    """Run `action(fake_podman)` while each release one-off runs; returns the running replicas seen then."""
+    seen: list[list[str]] = []
+    real = fake_podman.oneoff_run
+
+    def oneoff_run(spec: podman.ContainerSpec, *, timeout: float, remove: bool = True) -> tuple[int, str]:
+        if spec.labels["coltsfoot.role"] == "release":
+            seen.append(sorted(name for name, c in fake_podman.containers.items() if c.running))
+            action(fake_podman)
+        return real(spec, timeout=timeout, remove=remove)
+
+    cast(mock.Mock, podman.oneoff_run).side_effect = oneoff_run
+    return seen
+
+
+def test_the_new_replicas_boot_while_the_release_runs(app: App, fake_podman: FakePodman):
     files = {"Procfile": f"web: {WEB}\nrelease: python manage.py migrate\n", "requirements.txt": "django\n"}
     deployment = archive_deployment(app, files)
-    fake_podman.fail("container_run_detached", pipeline.replica_name(deployment.public_id, 0))
+    seen = _during_release(fake_podman, lambda fake: None)
+
+    tasks.drive(deployment.public_id)
+
+    assert reload(deployment).state == State.LIVE
+    assert seen == [[pipeline.replica_name(deployment.public_id, i) for i in range(app.replicas)]]
+
+
+def test_a_replica_that_exits_during_the_release_is_started_again_after_it(app: App, fake_podman: FakePodman):
+    files = {"Procfile": f"web: {WEB}\nrelease: python manage.py migrate\n", "requirements.txt": "django\n"}
+    deployment = archive_deployment(app, files)
+    first = pipeline.replica_name(deployment.public_id, 0)
+
+    def exit_first(fake: FakePodman) -> None:
+        fake.containers[first].running = False
+
+    _during_release(fake_podman, exit_first)
+
+    tasks.drive(deployment.public_id)
+
+    assert reload(deployment).state == State.LIVE
+    assert fake_podman.started.count(first) == 2
+    assert fake_podman.containers[first].running
+
+
+def test_a_release_that_succeeded_is_not_run_again_on_resume(app: App, fake_podman: FakePodman):
+    files = {"Procfile": f"web: {WEB}\nrelease: python manage.py migrate\n", "requirements.txt": "django\n"}
+    deployment = archive_deployment(app, files)
+    first = pipeline.replica_name(deployment.public_id, 0)
+
+    def exit_first_and_fail_its_restart(fake: FakePodman) -> None:
+        fake.containers[first].running = False
+        fake.fail("container_run_detached", first)
+
+    _during_release(fake_podman, exit_first_and_fail_its_restart)
 
     with pytest.raises(podman.PodmanError):
-        tasks.drive(deployment.public_id)
+        tasks.drive(deployment.public_id)  # the release ran, then starting a replica again failed
     tasks.drive(deployment.public_id)
 
     assert reload(deployment).state == State.LIVE
