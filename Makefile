@@ -6,7 +6,7 @@ SHELL := /bin/bash
 WITH_ENV := source scripts/env.sh &&
 PYTEST_WORKERS ?= 2
 
-.PHONY: help bootstrap deps base-image lint typecheck unit fuzz integration test up down status logs bench bench-reconcile
+.PHONY: help bootstrap deps base-image lint typecheck unit fuzz integration test up down status logs bench bench-reconcile bench-routes
 
 help:
 	@echo "make up        start the platform (Redis, Caddy, PostgreSQL, PgBouncer, Celery, API) and deploy examples/hello"
@@ -16,6 +16,7 @@ help:
 	@echo "make fuzz      schemathesis over the OpenAPI document, in process (hermetic, about a minute)"
 	@echo "make bench     run the deploy benchmark (prints JSON)"
 	@echo "make bench-reconcile  time a reconcile pass over 1,000 apps against fakes (prints JSON)"
+	@echo "make bench-routes     time route switches with 50 and 5,000 apps on the edge (prints JSON)"
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -63,3 +64,6 @@ bench: base-image
 
 bench-reconcile: deps
 	@$(WITH_ENV) uv run --frozen python -m bench.reconcile
+
+bench-routes: deps
+	@$(WITH_ENV) uv run --frozen python -m bench.routes
