@@ -282,7 +282,7 @@ def test_an_installed_table_that_matches_is_current():
     wanted = captured_spec()
     found = firewall.installed_parse(captured(wanted))
     assert found is not None
-    assert found.rules == {"input": 8, "forward": 9} == firewall.expected_rules(wanted)
+    assert found.rules == {"input": 8, "forward": 10} == firewall.expected_rules(wanted)
     assert firewall.problem(wanted, found, exact=True) is None
 
 
