@@ -81,6 +81,13 @@ def secret_name(addon_id: uuid.UUID) -> str:
     return f"cf-redis-{addon_id.hex}-conf"
 
 
+def mac_address(addon_id: uuid.UUID) -> str:
+    """A locally administered unicast MAC derived from the add-on's id: a restarted Redis keeps it, so the
+    app's containers reach it again without waiting for their ARP caches (same address, same MAC)."""
+    octets = [0x02, *addon_id.bytes[-5:]]
+    return ":".join(f"{octet:02x}" for octet in octets)
+
+
 def data_dir(addon_id: uuid.UUID) -> Path:
     """The add-on's own volume: a directory under the platform's data dir, owned by the tenant's uid."""
     return Path(settings.DATA_DIR) / "redis" / addon_id.hex

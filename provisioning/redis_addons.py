@@ -104,6 +104,7 @@ def container_spec(addon: RedisAddon, image: str, *, ip: str = "") -> podman.Con
         tmpfs_size_mb=TMPFS_MB,
         workdir="/",
         ip=ip,
+        mac=redis.mac_address(addon.public_id),
     )
 
 
@@ -170,14 +171,15 @@ def network_ensure(addon: RedisAddon) -> str:
 
 
 def wait_until_serving(address: str, timeout: float = READY_TIMEOUT_SECONDS) -> bool:
-    """Until `redis-server` answers on its port (an unauthenticated PING gets `-NOAUTH`, which is an answer)."""
+    """Until `redis-server` serves on its port: an unauthenticated PING gets `-NOAUTH` once it does, while
+    `-LOADING` means it is still reading its append-only file (every command would fail then)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((address, redis.PORT), timeout=1.0) as conn:
                 conn.settimeout(1.0)
                 conn.sendall(b"PING\r\n")
-                if conn.recv(64):
+                if conn.recv(64).startswith((b"-NOAUTH", b"+PONG")):
                     return True
         except OSError:
             pass

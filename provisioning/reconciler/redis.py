@@ -13,8 +13,10 @@ from django.conf import settings
 from django.db.models import F
 
 from core.faults import PlatformError
+from drivers import firewall
 from drivers import podman
 from drivers import redis
+from platform_apps.models import App
 from platform_apps.models import RedisAddon
 from provisioning import redis_addons
 from provisioning.reconciler import lease as named_lease
@@ -56,7 +58,11 @@ def reconcile(
     container whose add-on is gone is removed after the orphan grace. `containers` is the pass's one
     `podman ps`."""
     result = RedisPass()
-    ready = list(RedisAddon.objects.filter(state=RedisAddon.State.READY).select_related("app", "app__tenant"))
+    ready = list(
+        RedisAddon.objects.filter(state=RedisAddon.State.READY, app__state=App.State.ACTIVE).select_related(
+            "app", "app__tenant"
+        )
+    )
     wanted: set[str] = set()
     for addon in ready:
         name = redis.container_name(addon.public_id)
@@ -115,7 +121,7 @@ def _restart(
         )
         try:
             address = redis_addons.start(addon)
-        except (podman.PodmanError, PlatformError, OSError, ValueError) as exc:
+        except (podman.PodmanError, PlatformError, firewall.FirewallError, OSError, ValueError) as exc:
             result.errors += 1
             logger.warning(
                 "reconcile: restarting the redis add-on failed: %s", exc, extra=redis_addons.log_context(addon)

@@ -403,6 +403,7 @@ def test_names_and_image_are_deterministic():
     assert redis.secret_name(addon_id) == "cf-redis-12345678123456781234567812345678-conf"
     assert redis.image_ref("sha256:" + "ab" * 32) == "localhost/coltsfoot-redis:abababababab"
     assert redis.redis_url(password=PASSWORD, host="10.89.0.7") == f"redis://:{PASSWORD}@10.89.0.7:6379/0"
+    assert redis.mac_address(addon_id) == "02:78:12:34:56:78"
 
 
 # --- the container's argv -----------------------------------------------------------------------
@@ -454,6 +455,7 @@ def test_argv_gets_the_config_as_a_secret_file_never_the_password(app: App):
     assert secret.startswith(f"{redis.secret_name(addon.public_id)},type=mount,target=redis.conf,")
     assert "mode=0400" in secret
     assert "--ip=10.89.0.7" in argv
+    assert f"--mac-address={redis.mac_address(addon.public_id)}" in argv
     # The command reads its config from that file, and no shell line exports it.
     assert argv[-1].splitlines()[-1] == "exec redis-server /run/secrets/redis.conf"
     assert "export" not in argv[-1]
