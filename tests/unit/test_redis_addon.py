@@ -59,7 +59,8 @@ IMAGE = "localhost/coltsfoot-redis:0123456789ab"
 def app(owner: Actor) -> App:
     response = owner.call("POST", "/apps", {"name": "hello"})
     assert response.status_code == 201
-    return App.objects.select_related("tenant").get(public_id=response.json()["id"])
+    app: App = App.objects.select_related("tenant").get(public_id=response.json()["id"])
+    return app
 
 
 @pytest.fixture
@@ -473,7 +474,8 @@ def test_argv_mounts_the_volume_only_with_persistence(app: App, other_app: App):
 @pytest.fixture
 def other_app(owner: Actor) -> App:
     response = owner.call("POST", "/apps", {"name": "other"})
-    return App.objects.select_related("tenant").get(public_id=response.json()["id"])
+    app: App = App.objects.select_related("tenant").get(public_id=response.json()["id"])
+    return app
 
 
 def test_image_build_uses_the_host_network_and_never_pulls():
