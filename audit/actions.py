@@ -11,6 +11,7 @@ DEPLOYMENT_ROLLBACK = "deployment.rollback"
 CONFIG_UPDATE = "config.update"
 ADDON_CREATE = "addon.create"
 ADDON_DELETE = "addon.delete"
+ADDON_UPDATE = "addon.update"
 WEBHOOK_SECRET_ROTATE = "webhook_secret.rotate"
 WEBHOOK_DEPLOY = "webhook.deploy"
 TOKEN_CREATE = "token.create"
@@ -32,6 +33,7 @@ ACTIONS: frozenset[str] = frozenset(
         CONFIG_UPDATE,
         ADDON_CREATE,
         ADDON_DELETE,
+        ADDON_UPDATE,
         WEBHOOK_SECRET_ROTATE,
         WEBHOOK_DEPLOY,
         TOKEN_CREATE,

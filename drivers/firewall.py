@@ -64,7 +64,7 @@ NFT_TIMEOUT_SECONDS = 20.0
 DNS_PORT = 53
 INDEX_PORTS = (80, 443)
 # Bumped when the shape of the rules changes, so an older table reads as stale.
-RULESET_VERSION = 1
+RULESET_VERSION = 2
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -263,6 +263,7 @@ def _body(spec: FirewallSpec) -> list[str]:
     bridges = [f'"{bridge}"' for bridge in sorted(set(spec.bridges))]
     lines: list[str] = []
     lines += _set("tenant_bridges", "ifname", bridges)
+    lines += _set("same_bridge", "ifname . ifname", [f"{bridge} . {bridge}" for bridge in bridges])
     lines += _set("resolvers4", "ipv4_addr", resolvers4)
     lines += _set("resolvers6", "ipv6_addr", resolvers6)
     lines += _set("index4", "ipv4_addr", index4)
@@ -307,6 +308,10 @@ def _chains(spec: FirewallSpec) -> dict[str, list[str]]:
     ]
     forward_rules = [
         "iifname != @tenant_bridges accept",
+        # Between two containers of one tenant network (an app and its Redis): with br_netfilter on, bridged
+        # traffic passes this hook too, and the private-range drop below would cut it. Another tenant's
+        # bridge is another interface, so this never lets one tenant reach another.
+        "iifname . oifname @same_bridge accept",
         f"{dns} ip daddr @resolvers4 accept",
         f"{dns} ip6 daddr @resolvers6 accept",
         f"{index} ip daddr @index4 accept",

@@ -24,6 +24,7 @@ Checked against podman 4.3.1 (Debian 12):
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import itertools
 import json
 import logging
@@ -56,6 +57,7 @@ _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,252}$")
 # "-", so a tenant's `{"image": "--privileged"}` can never be parsed as a flag.
 _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,510}$")
 # Both are used with fullmatch (a "$" would let a trailing newline through).
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _CGROUP_PATH_RE = re.compile(r"(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}){1,8}")
 _SLICE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.slice")
 
@@ -176,6 +178,13 @@ class ContainerSpec:
     nproc_limit: int = 0
     # The cgroup the container's cgroup is created under ("": podman's default), see `cgroup_parent_ensure`.
     cgroup_parent: str = ""
+    # Secrets mounted as files under /run/secrets (file name -> secret name) that the prologue does not
+    # export: a platform service reads its own config from one (the Redis add-on's, with its password).
+    secret_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # A fixed IPv4 address on `network` ("": podman's IPAM picks one), and a fixed MAC address: a replacement
+    # under the same address and MAC is reachable at once, without waiting for its peers' ARP caches to expire.
+    ip: str = ""
+    mac: str = ""
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -197,6 +206,15 @@ class ContainerSpec:
             _check_name(secret)
         if set(self.env) & set(self.secret_env):
             raise ValueError("a variable cannot be both plain and secret")
+        for file_name, secret in self.secret_files.items():
+            _check_name(file_name)
+            _check_name(secret)
+        if set(self.secret_files) & set(self.secret_env):
+            raise ValueError("a secret file cannot share its name with a secret variable")
+        if self.ip:
+            ipaddress.IPv4Address(self.ip)  # raises ValueError
+        if self.mac and not _MAC_RE.fullmatch(self.mac):
+            raise ValueError(f"invalid MAC address: {self.mac!r}")
         for key, value in self.labels.items():
             _check_label(key, value)
         for host_path, container_path, _read_only in self.mounts:
@@ -278,6 +296,8 @@ def _sandbox_args(spec: ContainerSpec) -> list[str]:
         f"{spec.uid}:{spec.gid}",
         "--network",
         spec.network,
+        *([f"--ip={spec.ip}"] if spec.ip else []),
+        *([f"--mac-address={spec.mac}"] if spec.mac else []),
         *_label_args(spec.labels),
     ]
     for key in sorted(spec.env):
@@ -285,6 +305,9 @@ def _sandbox_args(spec: ContainerSpec) -> list[str]:
     for key in sorted(spec.secret_env):
         mount = f"type=mount,target={key},uid={spec.uid},gid={spec.gid},mode=0400"
         args += ["--secret", f"{spec.secret_env[key]},{mount}"]
+    for file_name in sorted(spec.secret_files):
+        mount = f"type=mount,target={file_name},uid={spec.uid},gid={spec.gid},mode=0400"
+        args += ["--secret", f"{spec.secret_files[file_name]},{mount}"]
     for host_path, container_path, read_only in spec.mounts:
         args += ["--volume", f"{host_path}:{container_path}:{'ro' if read_only else 'rw'}"]
     args += ["--workdir", spec.workdir, spec.image, spec.shell_path, "-c", sandbox_script(spec)]
@@ -684,6 +707,15 @@ def container_logs(name: str, tail: int = 200) -> str:
     sandbox). The log file is capped at LOG_MAX_SIZE, so reading it whole is bounded."""
     lines = run(logs_argv(name)).splitlines(keepends=True)
     return "".join(lines[-tail:]) if tail > 0 else ""
+
+
+def container_labels(name: str) -> dict[str, str] | None:
+    """The container's labels; None if it does not exist."""
+    try:
+        labels = json.loads(run(container_inspect_argv(name, "{{json .Config.Labels}}")) or "null") or {}
+    except PodmanNotFound:
+        return None
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
 
 def container_is_running(name: str) -> bool:

@@ -35,6 +35,7 @@ from platform_apps.models import App
 from platform_apps.models import AppStatus
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
+from platform_apps.models import RedisAddon
 from platform_apps.models import Replica
 from platform_apps.models import WebhookDelivery
 from tenants.models import Tenant
@@ -475,6 +476,34 @@ class AddonAdmin(AuditedAdmin[Addon]):
 
     def has_delete_permission(self, request: HttpRequest, obj: Addon | None = None) -> bool:
         return False  # the database and role would stay behind: deprovisioning is a task
+
+
+@admin.register(RedisAddon)
+class RedisAddonAdmin(AuditedAdmin[RedisAddon]):
+    list_display = ["public_id", "app", "state", "maxmemory_mb", "policy", "persistence", "restarts", "updated_at"]
+    list_filter = ["state", "policy", "persistence", "created_at"]
+    search_fields = ["public_id", "app__name", "app__tenant__slug"]
+    list_select_related = ["app", "app__tenant"]
+    fields = (
+        "public_id",
+        "app",
+        "state",
+        "maxmemory_mb",
+        "policy",
+        "persistence",
+        "address",
+        "restarts",
+        "error_code",
+        "error_message",
+        "created_at",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: RedisAddon | None = None) -> bool:
+        return False  # its container and data would stay behind: deprovisioning is a task
 
 
 @admin.register(WebhookDelivery)

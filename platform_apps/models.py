@@ -276,6 +276,55 @@ class Addon(auto_prefetch.Model):
         return f"postgres {self.database_name} ({self.state})"
 
 
+class RedisAddon(auto_prefetch.Model):
+    """A managed Redis for one app: a sandboxed container on the tenant's network (never published on the
+    host), its password encrypted at rest, its memory bounded by `maxmemory_mb`."""
+
+    class State(models.TextChoices):
+        PROVISIONING = "provisioning", "Provisioning"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+        DEPROVISIONING = "deprovisioning", "Deprovisioning"
+
+    class Policy(models.TextChoices):
+        NOEVICTION = "noeviction", "noeviction (writes fail when full)"
+        ALLKEYS_LRU = "allkeys-lru", "allkeys-lru"
+        ALLKEYS_LFU = "allkeys-lfu", "allkeys-lfu"
+        ALLKEYS_RANDOM = "allkeys-random", "allkeys-random"
+        VOLATILE_LRU = "volatile-lru", "volatile-lru"
+        VOLATILE_LFU = "volatile-lfu", "volatile-lfu"
+        VOLATILE_RANDOM = "volatile-random", "volatile-random"
+        VOLATILE_TTL = "volatile-ttl", "volatile-ttl"
+
+    app = auto_prefetch.OneToOneField(App, on_delete=models.CASCADE, related_name="redis")
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PROVISIONING)
+    maxmemory_mb = models.PositiveIntegerField(default=64)
+    policy = models.CharField(max_length=16, choices=Policy.choices, default=Policy.NOEVICTION)
+    persistence = models.BooleanField(default=True, help_text="Append-only file on the add-on's own volume.")
+    password_encrypted = models.TextField(editable=False)
+    # Its address on the tenant network once it ran: a replacement asks for the same one, so REDIS_URL holds.
+    address = models.CharField(max_length=64, blank=True, default="")
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    # Crash-loop bookkeeping of the reconciler (like a replica's).
+    restarts = models.PositiveIntegerField(default=0)
+    crash_streak = models.PositiveSmallIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    next_restart_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects: ClassVar[auto_prefetch.Manager[RedisAddon]] = auto_prefetch.Manager()
+
+    class Meta(auto_prefetch.Model.Meta):
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["state"])]
+
+    def __str__(self) -> str:
+        return f"redis {self.public_id} ({self.state})"
+
+
 class WebhookDelivery(auto_prefetch.Model):
     """A webhook call that was accepted. A delivery id, or a signature, seen again for the same
     app returns the original deployment instead of creating another."""

@@ -1,5 +1,6 @@
 """What an app's containers get from the platform besides their image: the tenant's network and the
-environment (config vars from the domain, plus the add-on's DATABASE_URL pointing at PgBouncer).
+environment (config vars from the domain, plus the add-ons' DATABASE_URL pointing at PgBouncer and
+REDIS_URL pointing at the app's Redis on the tenant network).
 
 Workflow code: it reads domain rows and asks drivers for facts (the network's gateway), which is
 why none of this lives in `platform_apps`.
@@ -16,9 +17,11 @@ from django.conf import settings
 from core import crypto
 from drivers import podman
 from drivers import postgres
+from drivers import redis
 from platform_apps.config.selectors import config_decrypted
 from platform_apps.models import Addon
 from platform_apps.models import App
+from platform_apps.models import RedisAddon
 
 
 def tenant_network(tenant_id: uuid.UUID) -> str:
@@ -56,4 +59,14 @@ def resolve_for_runtime(app: App) -> RuntimeConfig:
     addon = Addon.objects.filter(app=app, state=Addon.State.READY).select_related("app", "app__tenant").first()
     if addon is not None:
         secrets["DATABASE_URL"] = addon_credentials(addon).database_url()
+    # A Redis that ran at an address keeps its URL while a PATCH re-provisions it (same address and password).
+    redis_addon: RedisAddon | None = (
+        RedisAddon.objects.filter(app=app, state__in=[RedisAddon.State.READY, RedisAddon.State.PROVISIONING])
+        .exclude(address="")
+        .first()
+    )
+    if redis_addon is not None:
+        secrets["REDIS_URL"] = redis.redis_url(
+            password=crypto.decrypt(redis_addon.password_encrypted), host=redis_addon.address
+        )
     return RuntimeConfig(plain=plain, secrets=secrets)

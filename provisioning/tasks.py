@@ -36,13 +36,16 @@ from core.logging import request_id_var
 from core.logging import unbind
 from drivers import logstore
 from drivers import podman
+from drivers import redis
 from platform_apps.deployments.services import release_current
 from platform_apps.idempotency import purge_expired
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import Deployment
+from platform_apps.models import RedisAddon
 from provisioning import addons
 from provisioning import pipeline
+from provisioning import redis_addons
 from provisioning import watchdog  # noqa: F401 - the worker's watchdog: its signal handlers and probe task
 from provisioning.firewall import firewall_sync
 from provisioning.reconciler import collector
@@ -378,6 +381,7 @@ def app_teardown(self: PlatformTask, app_id: str) -> None:
         for name in podman.containers_with_label("coltsfoot.app", app_id):
             podman.container_remove(name)
         addons.addon_teardown_for_app(app)
+        redis_addons.teardown_for_app(app)
         logstore.store().delete(app_id)
     except Exception as exc:
         self.retry_if_transient(exc)
@@ -418,6 +422,20 @@ def _addons_requeue_stalled(stale: datetime) -> int:
     return count
 
 
+def _redis_requeue_stalled(stale: datetime) -> int:
+    """Redis add-ons whose task has not touched them for a lease: queue that task again (a duplicate finds
+    the add-on's lease held, or its work done, and stops)."""
+    count = 0
+    waiting = RedisAddon.objects.filter(
+        updated_at__lt=stale, state__in=[RedisAddon.State.PROVISIONING, RedisAddon.State.DEPROVISIONING]
+    )
+    for addon in waiting:
+        task = redis_provision if addon.state == RedisAddon.State.PROVISIONING else redis_deprovision
+        task.delay(str(addon.public_id))
+        count += 1
+    return count
+
+
 def requeue_work(now: datetime | None = None) -> dict[str, int]:
     """Queue again whatever work has no live task: deployments whose worker died (stale lease)
     or whose message never reached a worker (queued and unclaimed for OUTBOX_SECONDS, e.g. the
@@ -451,7 +469,7 @@ def requeue_work(now: datetime | None = None) -> dict[str, int]:
     )
     for deployment in leftovers:
         pipeline.remove_containers(deployment, graceful=deployment.state == State.SUPERSEDED)
-    addon_count = _addons_requeue_stalled(stale)
+    addon_count = _addons_requeue_stalled(stale) + _redis_requeue_stalled(stale)
     auth_repaired = addons.addons_repair_auth()
     purged = purge_expired()
     return {
@@ -553,4 +571,87 @@ def addon_deprovision(self: PlatformTask, addon_id: str) -> None:
         raise
     app_pk = addon.app_id
     Addon.objects.filter(pk=addon.pk, state=Addon.State.DEPROVISIONING).delete()
+    _rerelease(app_pk)
+
+
+# --- Redis add-ons --------------------------------------------------------------------------
+
+
+def _load_redis(addon_id: str) -> RedisAddon | None:
+    addon: RedisAddon | None = (
+        RedisAddon.objects.select_related("app", "app__tenant").filter(public_id=uuid.UUID(addon_id)).first()
+    )
+    if addon is not None:
+        bind(tenant_id=addon.app.tenant.public_id, app_id=addon.app.public_id)
+    return addon
+
+
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.redis_provision")
+def redis_provision(self: PlatformTask, addon_id: str) -> None:
+    """provisioning -> ready: the container runs with the add-on's plan. The app is re-released when its
+    REDIS_URL changed (the first time, or the Redis came back on another address)."""
+    addon = _load_redis(addon_id)
+    if addon is None or addon.state != RedisAddon.State.PROVISIONING:
+        return
+    owner = str(self.request.id or uuid.uuid4())
+    lease = redis_addons.lease_name(addon.public_id)
+    if not named_lease.lease_acquire(lease, owner, redis_addons.LEASE_SECONDS):
+        logger.info("redis add-on is being worked on elsewhere", extra=redis_addons.log_context(addon))
+        return
+    try:
+        try:
+            address = redis_addons.provision(addon)
+        except Exception as exc:
+            RedisAddon.objects.filter(pk=addon.pk).update(updated_at=timezone.now())  # not stalled
+            self.retry_if_transient(exc)
+            logger.error("redis add-on provisioning failed", exc_info=exc, extra=redis_addons.log_context(addon))
+            # Nothing half-made stays running; the data dir stays (a later POST finds its data again).
+            with contextlib.suppress(Exception):
+                podman.container_remove(redis.container_name(addon.public_id))
+            RedisAddon.objects.filter(pk=addon.pk, state=RedisAddon.State.PROVISIONING).update(
+                state=RedisAddon.State.FAILED,
+                error_code="addon.provision_failed",
+                error_message="The Redis could not be started; try again later.",
+            )
+            return
+        moved = address != addon.address
+        with transaction.atomic():
+            if RedisAddon.objects.filter(pk=addon.pk, state=RedisAddon.State.PROVISIONING).update(
+                state=RedisAddon.State.READY,
+                address=address,
+                error_code="",
+                error_message="",
+                started_at=timezone.now(),
+                crash_streak=0,
+                next_restart_at=None,
+            ):
+                logger.info("redis add-on ready", extra=redis_addons.log_context(addon))
+                if moved:
+                    transaction.on_commit(lambda: _rerelease(addon.app_id))
+    finally:
+        named_lease.lease_release(lease, owner)
+
+
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.redis_deprovision")
+def redis_deprovision(self: PlatformTask, addon_id: str) -> None:
+    """deprovisioning -> gone: container, secret and data removed, the row deleted, the app re-released
+    without REDIS_URL."""
+    addon = _load_redis(addon_id)
+    if addon is None or addon.state != RedisAddon.State.DEPROVISIONING:
+        return
+    owner = str(self.request.id or uuid.uuid4())
+    lease = redis_addons.lease_name(addon.public_id)
+    if not named_lease.lease_acquire(lease, owner, redis_addons.LEASE_SECONDS):
+        logger.info("redis add-on is being worked on elsewhere", extra=redis_addons.log_context(addon))
+        return
+    try:
+        redis_addons.deprovision(addon)
+    except Exception as exc:
+        RedisAddon.objects.filter(pk=addon.pk).update(updated_at=timezone.now())  # not stalled
+        named_lease.lease_release(lease, owner)
+        self.retry_if_transient(exc)
+        logger.error("redis add-on deprovisioning failed", exc_info=exc, extra=redis_addons.log_context(addon))
+        raise
+    app_pk = addon.app_id
+    RedisAddon.objects.filter(pk=addon.pk, state=RedisAddon.State.DEPROVISIONING).delete()
     _rerelease(app_pk)

@@ -1,4 +1,4 @@
-"""An app's PostgreSQL add-on: ask for it, look at it, remove it."""
+"""An app's add-ons (PostgreSQL, Redis): ask for one, look at it, change it, remove it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from platform_apps.access import app_for
 from platform_apps.addons import selectors
 from platform_apps.addons import services
 from platform_apps.addons.schemas import AddonOut
+from platform_apps.addons.schemas import RedisAddonOut
+from platform_apps.addons.schemas import RedisCreateIn
+from platform_apps.addons.schemas import RedisPatchIn
 from platform_apps.models import Addon
+from platform_apps.models import RedisAddon
 
 # One tag for config and add-ons, as the API has always grouped them.
 router = Router(tags=["config and add-ons"])
@@ -52,3 +56,53 @@ def addon_get(request: HttpRequest, app_id: uuid.UUID) -> Addon:
 def addon_delete(request: HttpRequest, app_id: uuid.UUID) -> Status[Addon]:
     app = app_for(request, app_id, scope="apps:write")
     return Status(202, services.addon_delete(app=app))
+
+
+@router.post(
+    "/apps/{app_id}/addons/redis",
+    response={202: RedisAddonOut, **ERRORS},
+    summary="Add a Redis",
+    operation_id="platform_apps_addons_api_redis_create",
+)
+def redis_create(request: HttpRequest, app_id: uuid.UUID, payload: RedisCreateIn | None = None) -> Status[RedisAddon]:
+    app = app_for(request, app_id, scope="apps:write")
+    plan = payload or RedisCreateIn()
+    return Status(
+        202,
+        services.redis_addon_create(
+            app=app, maxmemory_mb=plan.maxmemory_mb, policy=plan.policy, persistence=plan.persistence
+        ),
+    )
+
+
+@router.get(
+    "/apps/{app_id}/addons/redis",
+    response={200: RedisAddonOut, **ERRORS},
+    summary="The Redis's state and plan",
+    operation_id="platform_apps_addons_api_redis_get",
+)
+def redis_get(request: HttpRequest, app_id: uuid.UUID) -> RedisAddon:
+    app = app_for(request, app_id, scope="apps:read")
+    return selectors.redis_addon_get(app=app)
+
+
+@router.patch(
+    "/apps/{app_id}/addons/redis",
+    response={200: RedisAddonOut, **ERRORS},
+    summary="Change the Redis's maxmemory or eviction policy",
+    operation_id="platform_apps_addons_api_redis_update",
+)
+def redis_update(request: HttpRequest, app_id: uuid.UUID, payload: RedisPatchIn) -> RedisAddon:
+    app = app_for(request, app_id, scope="apps:write")
+    return services.redis_addon_update(app=app, maxmemory_mb=payload.maxmemory_mb, policy=payload.policy)
+
+
+@router.delete(
+    "/apps/{app_id}/addons/redis",
+    response={202: RedisAddonOut, **ERRORS},
+    summary="Remove the Redis and its data",
+    operation_id="platform_apps_addons_api_redis_delete",
+)
+def redis_delete(request: HttpRequest, app_id: uuid.UUID) -> Status[RedisAddon]:
+    app = app_for(request, app_id, scope="apps:write")
+    return Status(202, services.redis_addon_delete(app=app))

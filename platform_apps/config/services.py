@@ -21,6 +21,7 @@ from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
+from platform_apps.models import RedisAddon
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ RESERVED_KEYS = frozenset(
 )
 RESERVED_PREFIXES = ("COLTSFOOT_",)
 ADDON_OWNED_KEYS = frozenset({"DATABASE_URL"})
+REDIS_OWNED_KEYS = frozenset({"REDIS_URL"})
 
 
 def _refuse(code: str, message: str, key: str) -> Unprocessable:
@@ -50,7 +52,7 @@ def validate_key(key: str, *, addon_owned: frozenset[str]) -> None:
     if key in RESERVED_KEYS or key.startswith(RESERVED_PREFIXES):
         raise _refuse("config.reserved_key", f"{key} is set by the platform and cannot be changed.", key)
     if key in addon_owned:
-        raise _refuse("config.reserved_key", f"{key} is managed by the app's PostgreSQL add-on.", key)
+        raise _refuse("config.reserved_key", f"{key} is managed by one of the app's add-ons.", key)
 
 
 def validate_value(key: str, value: str) -> None:
@@ -62,7 +64,8 @@ def validate_value(key: str, value: str) -> None:
 
 def addon_owned_keys(app: App) -> frozenset[str]:
     has_addon = Addon.objects.filter(app=app).exclude(state=Addon.State.DEPROVISIONING).exists()
-    return ADDON_OWNED_KEYS if has_addon else frozenset()
+    has_redis = RedisAddon.objects.filter(app=app).exclude(state=RedisAddon.State.DEPROVISIONING).exists()
+    return (ADDON_OWNED_KEYS if has_addon else frozenset()) | (REDIS_OWNED_KEYS if has_redis else frozenset())
 
 
 @transaction.atomic

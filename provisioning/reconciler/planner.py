@@ -113,6 +113,8 @@ def _orphan_reason(desired: Desired, observed: Observed, name: str, now: datetim
     container = observed.containers[name]
     if container.created_at and now.timestamp() - container.created_at < grace.total_seconds():
         return ""
+    if container.labels.get("coltsfoot.role") == "redis":
+        return ""  # an add-on's, not a deployment's: `provisioning.reconciler.redis` owns it
     label = container.labels.get("coltsfoot.deployment", "")
     try:
         deployment_id = uuid.UUID(label)

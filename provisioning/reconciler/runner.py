@@ -30,6 +30,7 @@ from caddy.routes import CATCHALL_ROUTE_ID
 from core.faults import DeployError
 from drivers import firewall
 from drivers import podman
+from platform_apps.deployments.services import release_current
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
@@ -37,6 +38,7 @@ from provisioning import pipeline
 from provisioning import runtime
 from provisioning.firewall import firewall_ensure_for_network
 from provisioning.reconciler import planner
+from provisioning.reconciler import redis as redis_reconciler
 from provisioning.reconciler.state import Desired
 from provisioning.reconciler.state import EdgeLoad
 from provisioning.reconciler.state import KnownDeployment
@@ -491,6 +493,20 @@ def with_addresses(desired: Desired, serving: dict[str, str]) -> Desired:
     return Desired(apps=tuple(apps), deployments=desired.deployments, apps_routing_soon=desired.apps_routing_soon)
 
 
+def _reconcile_redis(observed: Observed, now: datetime, report: PassReport) -> None:
+    """The Redis add-ons' containers, from the same observation (no podman call when all is well)."""
+    result = redis_reconciler.reconcile(dict(observed.containers), dict(observed.network_created), now, "reconcile")
+    for kind, count in result.actions.items():
+        report.actions[kind] = report.actions.get(kind, 0) + count
+    report.errors += result.errors
+    if result.wake_in is not None:
+        report.wake(result.wake_in)
+    for app_pk in result.moved:
+        app = App.objects.select_related("tenant", "live_deployment").get(pk=app_pk)
+        if app.state == App.State.ACTIVE:
+            release_current(app)  # its REDIS_URL changed: the app gets the new one
+
+
 def reconcile_pass(now: datetime | None = None) -> PassReport:
     """Compare and repair once. Raises only when podman itself cannot be observed."""
     now = now or timezone.now()
@@ -508,6 +524,7 @@ def reconcile_pass(now: datetime | None = None) -> PassReport:
             orphan_grace=timedelta(seconds=settings.ORPHAN_GRACE_SECONDS),
         )
         serving = execute_replica_actions(replica_actions, observed, now, report)
+        _reconcile_redis(observed, now, report)
         if caddy_ok:
             desired = with_addresses(desired, serving)
             route_actions, held_until = planner.plan_routes(

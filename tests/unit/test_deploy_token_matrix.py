@@ -19,6 +19,7 @@ from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
+from platform_apps.models import RedisAddon
 from tenants.models import ApiToken
 
 IMAGE = "docker.io/library/python:3.13"
@@ -92,6 +93,10 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/apps/{app_id}/addons/postgres"): Rule(_app("GET", "/addons/postgres"), 403, 200),
     ("POST", "/apps/{app_id}/addons/postgres"): Rule(_app("POST", "/addons/postgres"), 403, 403),
     ("DELETE", "/apps/{app_id}/addons/postgres"): Rule(_app("DELETE", "/addons/postgres"), 403, 403),
+    ("GET", "/apps/{app_id}/addons/redis"): Rule(_app("GET", "/addons/redis"), 403, 200),
+    ("POST", "/apps/{app_id}/addons/redis"): Rule(_app("POST", "/addons/redis", {"maxmemory_mb": 16}), 403, 403),
+    ("PATCH", "/apps/{app_id}/addons/redis"): Rule(_app("PATCH", "/addons/redis", {"policy": "allkeys-lru"}), 403, 403),
+    ("DELETE", "/apps/{app_id}/addons/redis"): Rule(_app("DELETE", "/addons/redis"), 403, 403),
     # Tenant-wide: apps and tokens. Tokens need apps:write even to be listed.
     ("POST", "/apps"): Rule(lambda w, _: Call("POST", "/apps", {"name": "gamma"}), 403, 403, per_app=False),
     ("GET", "/apps"): Rule(lambda w, _: Call("GET", "/apps"), 403, 200, per_app=False),
@@ -137,6 +142,7 @@ def world(owner: Actor, settings: Any, tmp_path: Any) -> World:
         )
         deployments[which] = deployment_id
         _ok(owner.call("POST", f"/apps/{app_id}/addons/postgres"), 202)
+        _ok(owner.call("POST", f"/apps/{app_id}/addons/redis", {"maxmemory_mb": 16}), 202)
     spare = _mint(owner, "spare", ["apps:read"])
     return World(owner=owner, apps=apps, deployments=deployments, spare_token_id=spare["id"])
 
@@ -167,6 +173,7 @@ def snapshot() -> tuple[list[Any], ...]:
         list(Deployment.objects.order_by("pk").values_list("public_id", "state")),
         list(ConfigVar.objects.order_by("pk").values_list("app_id", "key")),
         list(Addon.objects.order_by("pk").values_list("public_id", "state")),
+        list(RedisAddon.objects.order_by("pk").values_list("public_id", "state", "maxmemory_mb", "policy")),
         list(ApiToken.objects.order_by("pk").values_list("public_id", "scopes", "revoked_at")),
     )
 

@@ -226,6 +226,11 @@ CAPTURED = """table inet coltsfoot-fwtry-1 {
 \t\telements = { "cni-podman7" }
 \t}
 
+\tset same_bridge {
+\t\ttype ifname . ifname
+\t\telements = { "cni-podman7" . "cni-podman7" }
+\t}
+
 \tset blocked4 {
 \t\ttype ipv4_addr
 \t\tflags interval
@@ -249,6 +254,7 @@ CAPTURED = """table inet coltsfoot-fwtry-1 {
 \tchain forward {
 \t\ttype filter hook forward priority filter - 10; policy accept;
 \t\tiifname != @tenant_bridges accept
+\t\tiifname . oifname @same_bridge accept
 \t\tmeta l4proto { tcp, udp } th dport 53 ip daddr @resolvers4 accept
 \t\tmeta l4proto { tcp, udp } th dport 53 ip6 daddr @resolvers6 accept
 \t\ttcp dport { 80, 443 } ip daddr @index4 accept
@@ -282,7 +288,7 @@ def test_an_installed_table_that_matches_is_current():
     wanted = captured_spec()
     found = firewall.installed_parse(captured(wanted))
     assert found is not None
-    assert found.rules == {"input": 8, "forward": 9} == firewall.expected_rules(wanted)
+    assert found.rules == {"input": 8, "forward": 10} == firewall.expected_rules(wanted)
     assert firewall.problem(wanted, found, exact=True) is None
 
 
