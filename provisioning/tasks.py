@@ -43,6 +43,7 @@ from platform_apps.models import App
 from platform_apps.models import Deployment
 from provisioning import addons
 from provisioning import pipeline
+from provisioning import platform_backup
 from provisioning import watchdog  # noqa: F401 - the worker's watchdog: its signal handlers and probe task
 from provisioning.firewall import firewall_sync
 from provisioning.reconciler import collector
@@ -550,3 +551,27 @@ def addon_deprovision(self: PlatformTask, addon_id: str) -> None:
     app_pk = addon.app_id
     Addon.objects.filter(pk=addon.pk, state=Addon.State.DEPROVISIONING).delete()
     _rerelease(app_pk)
+
+
+# --- Backups -----------------------------------------------------------------------------------
+
+PLATFORM_BACKUP_LEASE = "platform-backup"
+
+
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.platform_backup")
+def platform_backup_run(self: PlatformTask) -> dict[str, object]:
+    """Every COLTSFOOT_PLATFORM_BACKUP_SECONDS (beat): an online backup of the platform DB into the
+    backup directory, then retention. One at a time (a lease); a failed copy leaves no file behind."""
+    owner = str(self.request.id or uuid.uuid4())
+    if not named_lease.lease_acquire(PLATFORM_BACKUP_LEASE, owner, settings.CELERY_TASK_TIME_LIMIT):
+        return {"skipped": True}
+    try:
+        info = platform_backup.platform_backup()
+        removed = platform_backup.backups_prune()
+    except platform_backup.PlatformBackupError as exc:
+        self.retry_if_transient(exc)
+        logger.error("platform DB backup failed: %s", exc)
+        raise
+    finally:
+        named_lease.lease_release(PLATFORM_BACKUP_LEASE, owner)
+    return {**info.as_dict(), "pruned": len(removed)}
