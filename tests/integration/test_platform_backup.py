@@ -58,7 +58,9 @@ def test_backup_under_writers_then_restore_after_losing_the_db_serves_the_same_p
         assert patched.status_code == 200, patched.text
         expected = _snapshot(client)
     with platform.client(busy["token"]) as client:
-        targets = [client.post("/apps", json={"name": f"w{index}"}).json()["id"] for index in range(WRITERS)]
+        targets = [
+            client.post("/apps", json={"name": f"w{index}", "cpus": 0.25}).json()["id"] for index in range(WRITERS)
+        ]
 
     # Eight writers, each rewriting two vars of its own app in one PATCH (one transaction) as fast as
     # the API lets it: a consistent backup has A == B in every app.
@@ -103,7 +105,6 @@ def test_backup_under_writers_then_restore_after_losing_the_db_serves_the_same_p
         path.unlink()
     restored = json.loads(platform.manage("restore_platform", str(backup)).stdout.splitlines()[-1])
     assert restored["tenants"] >= 2
-    assert restored["previous"] is None
     stack.up()
 
     with platform.client(keeper["token"]) as client:
