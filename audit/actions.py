@@ -11,6 +11,8 @@ DEPLOYMENT_ROLLBACK = "deployment.rollback"
 CONFIG_UPDATE = "config.update"
 ADDON_CREATE = "addon.create"
 ADDON_DELETE = "addon.delete"
+BACKUP_CREATE = "backup.create"
+BACKUP_RESTORE = "backup.restore"
 WEBHOOK_SECRET_ROTATE = "webhook_secret.rotate"
 WEBHOOK_DEPLOY = "webhook.deploy"
 TOKEN_CREATE = "token.create"
@@ -32,6 +34,8 @@ ACTIONS: frozenset[str] = frozenset(
         CONFIG_UPDATE,
         ADDON_CREATE,
         ADDON_DELETE,
+        BACKUP_CREATE,
+        BACKUP_RESTORE,
         WEBHOOK_SECRET_ROTATE,
         WEBHOOK_DEPLOY,
         TOKEN_CREATE,

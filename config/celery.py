@@ -23,3 +23,8 @@ if settings.PLATFORM_BACKUP_SECONDS > 0:
         "task": "coltsfoot.platform_backup",
         "schedule": float(settings.PLATFORM_BACKUP_SECONDS),
     }
+if settings.TENANT_BACKUP_SECONDS > 0:
+    app.conf.beat_schedule["tenant-backups"] = {
+        "task": "coltsfoot.addon_backups_daily",
+        "schedule": float(settings.TENANT_BACKUP_SECONDS),
+    }

@@ -306,6 +306,13 @@ FERNET_KEYS = env_list("COLTSFOOT_FERNET_KEYS", [])
 PLATFORM_BACKUP_DIR = env_str("COLTSFOOT_PLATFORM_BACKUP_DIR", str(DATA_DIR / "backups" / "platform"))
 PLATFORM_BACKUP_KEEP = env_int("COLTSFOOT_PLATFORM_BACKUP_KEEP", 7)
 PLATFORM_BACKUP_SECONDS = env_int("COLTSFOOT_PLATFORM_BACKUP_SECONDS", 24 * 3600)
+# Tenant database backups (the PostgreSQL add-on): sealed pg_dump files under BACKUP_DIR (a mounted
+# volume in production), one per add-on every TENANT_BACKUP_SECONDS (beat; 0 = off), the newest
+# TENANT_BACKUP_KEEP daily ones kept per app; pg_dump / pg_restore are killed after TENANT_BACKUP_TIMEOUT s.
+BACKUP_DIR = env_str("COLTSFOOT_BACKUP_DIR", str(DATA_DIR / "backups" / "tenants"))
+TENANT_BACKUP_KEEP = env_int("COLTSFOOT_TENANT_BACKUP_KEEP", 7)
+TENANT_BACKUP_SECONDS = env_int("COLTSFOOT_TENANT_BACKUP_SECONDS", 24 * 3600)
+TENANT_BACKUP_TIMEOUT = env_int("COLTSFOOT_TENANT_BACKUP_TIMEOUT", 1800)
 PG_DUMP_BIN = env_str("COLTSFOOT_PG_DUMP", "pg_dump")
 PG_RESTORE_BIN = env_str("COLTSFOOT_PG_RESTORE", "pg_restore")
 

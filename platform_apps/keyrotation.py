@@ -31,6 +31,7 @@ from django.db import transaction
 
 from core import crypto
 from platform_apps.models import Addon
+from platform_apps.models import AddonBackup
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import IdempotencyRecord
@@ -63,6 +64,8 @@ _COLUMNS: list[EncryptedColumn] = [
     EncryptedColumn(App, "webhook_secret_encrypted"),
     EncryptedColumn(Addon, "password_encrypted"),
     EncryptedColumn(IdempotencyRecord, "body_encrypted"),
+    # Each backup's data key; the sealed file itself is under that key and never needs rewriting.
+    EncryptedColumn(AddonBackup, "key_encrypted"),
 ]
 
 

@@ -133,6 +133,7 @@ def test_check_reports_per_column_and_fails_while_old_keys_are_in_use(seeded: An
             "platform_apps_app.webhook_secret_encrypted": 3,
             "platform_apps_addon.password_encrypted": 3,
             "platform_apps_idempotencyrecord.body_encrypted": 1,
+            "platform_apps_addonbackup.key_encrypted": 0,
         }
         # --check wrote nothing
         assert _values([OLD])["vars"]
