@@ -48,6 +48,7 @@ import re
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -764,15 +765,39 @@ def tenant_restore(addon_id: UUID, password: str, chunks: Iterable[bytes], *, ti
     role, database = role_name(addon_id), database_name(addon_id)
     log_extra = {"addon_id": str(addon_id), "database": database}
     with _translate_errors("restore pause"):
-        _pgbouncer_admin([sql.SQL("KILL {}").format(sql.Identifier(database))])
+        try:
+            _pgbouncer_admin([sql.SQL("KILL {}").format(sql.Identifier(database))])
+        except psycopg.Error as exc:
+            if "no such database" not in str(exc).lower():
+                raise
+            # PgBouncer has no pool for it yet (the app never connected): nothing to hold.
     try:
         with _translate_errors("restore terminate sessions"), _admin_connection() as conn:
             conn.execute(TERMINATE_ROLE_SESSIONS_SQL, (role,))
         _restore_stream(role, database, password, chunks, timeout=timeout, log_extra=log_extra)
     finally:
-        with _translate_errors("restore resume"), contextlib.suppress(psycopg.Error):
-            _pgbouncer_admin([sql.SQL("RESUME {}").format(sql.Identifier(database))])
+        _pgbouncer_resume(database, log_extra)
     logger.info("tenant database restored", extra=log_extra)
+
+
+RESUME_ATTEMPTS = 5
+
+
+def _pgbouncer_resume(database: str, log_extra: dict[str, str]) -> None:
+    """RESUME after a restore, whatever happened to it: a database left paused would hold every
+    connection of the app forever. "Not paused" / "no such database" mean there is nothing to do."""
+    for attempt in range(RESUME_ATTEMPTS):
+        try:
+            _pgbouncer_admin([sql.SQL("RESUME {}").format(sql.Identifier(database))])
+            return
+        except psycopg.Error as exc:
+            message = str(exc).lower()
+            if "is not paused" in message or "no such database" in message:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5 * (attempt + 1))
+    logger.error("pgbouncer database left paused after a restore: RESUME it on the admin console", extra=log_extra)
 
 
 def _restore_stream(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import uuid
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -462,3 +463,74 @@ def test_pg_tool_commands_run_as_the_tenant_role_without_its_password(settings: 
         postgres.tenant_dump_argv("postgres", database)
     assert postgres._tool_env("tenant-pw")["PGPASSWORD"] == "tenant-pw"
     assert "TENANT_PG_ADMIN_DSN" not in postgres._tool_env("x")
+
+
+# --- the pg tool runners, with stand-in tools ------------------------------------------------------
+
+
+@pytest.fixture
+def tools(settings: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """pg_dump and pg_restore replaced by small scripts (argument lists as the real ones get), the
+    cluster and PgBouncer admin sessions by mocks."""
+    received = tmp_path / "received.bin"
+    dump = tmp_path / "pg_dump"
+    dump.write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys\n"
+        "if os.environ.get('PGPASSWORD') != 'tenant-pw':\n"
+        "    sys.stderr.write('password authentication failed'); sys.exit(1)\n"
+        "if os.path.exists(sys.argv[0] + '.hang'):\n"
+        "    import time; time.sleep(60)\n"
+        f"sys.stdout.buffer.write({DUMP[:300000]!r})\n"
+    )
+    restore = tmp_path / "pg_restore"
+    restore.write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys\n"
+        "data = sys.stdin.buffer.read()\n"
+        f"open({str(received)!r}, 'wb').write(data)\n"
+        "sys.exit(0 if data.startswith(b'PGDMP') else 1)\n"
+    )
+    for script in (dump, restore):
+        script.chmod(0o755)
+    settings.PG_DUMP_BIN = str(dump)
+    settings.PG_RESTORE_BIN = str(restore)
+    with (
+        mock.patch.object(postgres, "_pgbouncer_admin", autospec=True) as admin,
+        mock.patch.object(postgres, "_admin_connection", autospec=True) as connection,
+    ):
+        yield {"admin": admin, "connection": connection, "received": received, "dump": dump}
+
+
+def test_tenant_dump_streams_the_tool_output_into_the_sink(tools: dict[str, Any]) -> None:
+    chunks: list[bytes] = []
+    assert postgres.tenant_dump(uuid.uuid4(), "tenant-pw", chunks.append, timeout=30) == 300000
+    assert b"".join(chunks) == DUMP[:300000]
+    assert len(chunks) > 1
+
+
+def test_tenant_dump_failures_say_whether_to_retry_without_the_tool_output(
+    tools: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(PostgresError, match="refused the add-on's credentials") as refused:
+        postgres.tenant_dump(uuid.uuid4(), "changed-by-tenant", lambda chunk: None, timeout=30)
+    assert refused.value.transient is False
+    assert "changed-by-tenant" not in caplog.text
+    Path(str(tools["dump"]) + ".hang").touch()
+    with pytest.raises(PostgresError) as killed:
+        postgres.tenant_dump(uuid.uuid4(), "tenant-pw", lambda chunk: None, timeout=1)
+    assert "exit status -9" in str(killed.value)
+
+
+def test_tenant_restore_feeds_the_tool_holds_pgbouncer_and_always_resumes(tools: dict[str, Any]) -> None:
+    addon_id = uuid.uuid4()
+    postgres.tenant_restore(addon_id, "tenant-pw", [b"PGDMP", b" rest"], timeout=30)
+    assert tools["received"].read_bytes() == b"PGDMP rest"
+    commands = [call.args[0][0].as_string(None) for call in tools["admin"].call_args_list]
+    database = postgres.database_name(addon_id)
+    assert commands == [f'KILL "{database}"', f'RESUME "{database}"']
+
+    tools["admin"].reset_mock()
+    with pytest.raises(PostgresError, match="pg_restore failed"):
+        postgres.tenant_restore(addon_id, "tenant-pw", [b"garbage"], timeout=30)
+    assert [call.args[0][0].as_string(None) for call in tools["admin"].call_args_list][-1] == f'RESUME "{database}"'
