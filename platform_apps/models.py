@@ -319,6 +319,9 @@ class AddonBackup(auto_prefetch.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Touched by every task that works on the row: queued work not touched for a lease lost its
+    # message (a broker outage), and the reconciler queues it again.
+    updated_at = models.DateTimeField(auto_now=True)
 
     objects: ClassVar[auto_prefetch.Manager[AddonBackup]] = auto_prefetch.Manager()
 
@@ -327,7 +330,7 @@ class AddonBackup(auto_prefetch.Model):
         indexes = [
             models.Index(fields=["app", "created_at"]),
             models.Index(fields=["state", "created_at"]),
-            models.Index(fields=["restore_state"]),
+            models.Index(fields=["restore_state", "updated_at"]),
         ]
 
     def __str__(self) -> str:

@@ -453,13 +453,33 @@ def requeue_work(now: datetime | None = None) -> dict[str, int]:
         pipeline.remove_containers(deployment, graceful=deployment.state == State.SUPERSEDED)
     addon_count = _addons_requeue_stalled(stale)
     auth_repaired = addons.addons_repair_auth()
+    backup_count = _backups_requeue_stalled(stale, now)
     purged = purge_expired()
     return {
         "deployments": len(deployments),
         "apps": len(deleting),
         "addons": addon_count + auth_repaired,
+        "backups": backup_count,
         "idempotency": purged,
     }
+
+
+def _backups_requeue_stalled(stale: datetime, now: datetime) -> int:
+    """Backups and restores still queued that no task has touched for a lease (their message was
+    lost): queued again, and touched, so the next sweep waits for that message first. A task that
+    schedules a retry touches its row to the retry's time, so a pending retry is not lost work. A
+    duplicate is harmless: each task claims its row with a conditional update."""
+    count = 0
+    backups_stalled = AddonBackup.objects.filter(state=AddonBackup.State.QUEUED, updated_at__lt=stale)
+    restores_stalled = AddonBackup.objects.filter(restore_state=AddonBackup.RestoreState.QUEUED, updated_at__lt=stale)
+    for queryset, task in ((backups_stalled, addon_backup_run), (restores_stalled, addon_restore_run)):
+        ids = [str(public_id) for public_id in queryset.values_list("public_id", flat=True)]
+        queryset.filter(public_id__in=ids).update(updated_at=now)
+        for backup_id in ids:
+            logger.info("requeueing stalled backup work", extra={"backup_id": backup_id, "task": task.name})
+            task.delay(backup_id)
+        count += len(ids)
+    return count
 
 
 @shared_task(bind=True, base=PlatformTask, name="coltsfoot.reconcile")
@@ -602,7 +622,7 @@ def addon_backup_run(self: PlatformTask, backup_id: str) -> None:
     if backup is None:
         return
     if not AddonBackup.objects.filter(pk=backup.pk, state=AddonBackup.State.QUEUED).update(
-        state=AddonBackup.State.RUNNING, started_at=timezone.now()
+        state=AddonBackup.State.RUNNING, started_at=timezone.now(), updated_at=timezone.now()
     ):
         return  # taken by another delivery of this task, or finished
     addon = _ready_addon_of(backup)
@@ -620,7 +640,7 @@ def addon_backup_run(self: PlatformTask, backup_id: str) -> None:
         delay = self.retry_delay(exc)
         if delay is not None:
             AddonBackup.objects.filter(pk=backup.pk, state=AddonBackup.State.RUNNING).update(
-                state=AddonBackup.State.QUEUED
+                state=AddonBackup.State.QUEUED, updated_at=timezone.now() + timedelta(seconds=delay)
             )
             raise self.retry(exc=exc, countdown=delay) from exc
         logger.error("database backup failed", exc_info=exc, extra=backup_log_context(backup))
@@ -671,9 +691,11 @@ def addon_restore_run(self: PlatformTask, backup_id: str) -> None:
             _restore_fail(backup, "backup.deploy_in_progress", "The app kept deploying; restore once it is idle.")
             return
         logger.info("restore waits for a deployment", extra=backup_log_context(backup))
-        raise self.retry(countdown=RESTORE_WAIT_SECONDS * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+        wait = RESTORE_WAIT_SECONDS * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
+        AddonBackup.objects.filter(pk=backup.pk).update(updated_at=timezone.now() + timedelta(seconds=wait))
+        raise self.retry(countdown=wait)
     if not AddonBackup.objects.filter(pk=backup.pk, restore_state=AddonBackup.RestoreState.QUEUED).update(
-        restore_state=AddonBackup.RestoreState.RUNNING
+        restore_state=AddonBackup.RestoreState.RUNNING, updated_at=timezone.now()
     ):
         return
     try:
@@ -682,7 +704,7 @@ def addon_restore_run(self: PlatformTask, backup_id: str) -> None:
         delay = self.retry_delay(exc)
         if delay is not None:
             AddonBackup.objects.filter(pk=backup.pk, restore_state=AddonBackup.RestoreState.RUNNING).update(
-                restore_state=AddonBackup.RestoreState.QUEUED
+                restore_state=AddonBackup.RestoreState.QUEUED, updated_at=timezone.now() + timedelta(seconds=delay)
             )
             raise self.retry(exc=exc, countdown=delay) from exc
         logger.error("database restore failed", exc_info=exc, extra=backup_log_context(backup))

@@ -79,6 +79,7 @@ def backup_restore(*, app: App, backup: AddonBackup) -> AddonBackup:
     AddonBackup.objects.filter(pk=backup.pk).update(
         restore_state=AddonBackup.RestoreState.QUEUED,
         restore_requested_at=now,
+        updated_at=now,
         restored_at=None,
         restore_error_code="",
         restore_error_message="",

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -16,6 +17,7 @@ from uuid import UUID
 
 import pytest
 from celery.exceptions import Retry
+from django.utils import timezone
 
 from conftest import Actor
 from core import crypto
@@ -534,3 +536,20 @@ def test_tenant_restore_feeds_the_tool_holds_pgbouncer_and_always_resumes(tools:
     with pytest.raises(PostgresError, match="pg_restore failed"):
         postgres.tenant_restore(addon_id, "tenant-pw", [b"garbage"], timeout=30)
     assert [call.args[0][0].as_string(None) for call in tools["admin"].call_args_list][-1] == f'RESUME "{database}"'
+
+
+def test_queued_work_whose_message_was_lost_is_queued_again_once(
+    owner: Actor, app: App, backup_queued: mock.MagicMock, restore_queued: mock.MagicMock, settings: Any
+) -> None:
+    old = timezone.now() - timedelta(seconds=settings.LEASE_SECONDS + 5)
+    lost = AddonBackup.objects.create(app=app, key_encrypted=crypto.encrypt(sealed.new_data_key()))
+    done = AddonBackup.objects.create(
+        app=app, state="succeeded", restore_state="queued", key_encrypted=crypto.encrypt("k")
+    )
+    fresh = AddonBackup.objects.create(app=app, key_encrypted=crypto.encrypt("k"))
+    AddonBackup.objects.filter(pk__in=[lost.pk, done.pk]).update(updated_at=old)
+    assert tasks.requeue_work()["backups"] == 2
+    backup_queued.assert_called_once_with(str(lost.public_id))
+    restore_queued.assert_called_once_with(str(done.public_id))
+    assert str(fresh.public_id) not in str(backup_queued.call_args_list)
+    assert tasks.requeue_work()["backups"] == 0  # touched: the next sweep waits for that message
