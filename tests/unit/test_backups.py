@@ -553,3 +553,11 @@ def test_queued_work_whose_message_was_lost_is_queued_again_once(
     restore_queued.assert_called_once_with(str(done.public_id))
     assert str(fresh.public_id) not in str(backup_queued.call_args_list)
     assert tasks.requeue_work()["backups"] == 0  # touched: the next sweep waits for that message
+
+
+def test_the_database_cannot_be_removed_while_a_restore_is_queued_or_running(owner: Actor, app: App) -> None:
+    AddonBackup.objects.create(app=app, state="succeeded", restore_state="running", key_encrypted=crypto.encrypt("k"))
+    response = owner.call("DELETE", f"/apps/{app.public_id}/addons/postgres")
+    assert response.status_code == 409
+    assert error_code(response) == "backup.restore_in_progress"
+    assert Addon.objects.get(app=app).state == Addon.State.READY

@@ -21,6 +21,7 @@ from django.core.management import call_command
 
 from config.celery import app as celery_app
 from provisioning import platform_backup
+from provisioning import tasks
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -248,3 +249,16 @@ def test_beat_backs_the_platform_db_up_daily() -> None:
     entry = celery_app.conf.beat_schedule["platform-backup"]
     assert entry["task"] == "coltsfoot.platform_backup"
     assert entry["schedule"] == 24 * 3600.0
+
+
+def test_the_beat_task_backs_up_into_the_backup_dir_and_keeps_the_newest(
+    db: None, settings: Any, platform_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.PLATFORM_BACKUP_DIR = str(tmp_path / "platform-backups")
+    settings.PLATFORM_BACKUP_KEEP = 2
+    monkeypatch.setattr(platform_backup, "_sqlite_path", lambda: platform_db)
+    results = [tasks.platform_backup_run.run() for _ in range(3)]
+    assert [result["pruned"] for result in results] == [0, 0, 1]
+    left = sorted(path.name for path in (tmp_path / "platform-backups").iterdir())
+    assert left == sorted(Path(str(result["path"])).name for result in results[1:])
+    assert (tmp_path / "platform-backups").stat().st_mode & 0o777 == 0o700
