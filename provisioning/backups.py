@@ -101,19 +101,26 @@ def backups_schedule() -> int:
 
 
 def backups_prune(keep: int | None = None) -> int:
-    """Retention of scheduled backups per app; returns how many were removed."""
+    """Retention of scheduled backups, app by app; returns how many were removed."""
+    app_ids = AddonBackup.objects.filter(kind=AddonBackup.Kind.SCHEDULED).values_list("app_id", flat=True).distinct()
+    return sum(app_backups_prune(app_id, keep=keep) for app_id in list(app_ids))
+
+
+def app_backups_prune(app_id: int, *, keep: int | None = None) -> int:
+    """All but the newest `keep` (TENANT_BACKUP_KEEP) good scheduled backups of one app removed, file and
+    row, and all but the newest failed one (which says what went wrong). Failures never count towards
+    `keep`, so a run of failed days costs no good backup. Also run when a scheduled backup succeeds."""
     keep = settings.TENANT_BACKUP_KEEP if keep is None else keep
     if keep < 1:
         return 0
     removed = 0
-    app_ids = AddonBackup.objects.filter(kind=AddonBackup.Kind.SCHEDULED).values_list("app_id", flat=True).distinct()
-    for app_id in list(app_ids):
-        finished = AddonBackup.objects.filter(
-            app_id=app_id,
-            kind=AddonBackup.Kind.SCHEDULED,
-            state__in=(AddonBackup.State.SUCCEEDED, AddonBackup.State.FAILED),
-        ).order_by("-created_at", "-pk")
-        for backup in finished.select_related("app", "app__tenant")[keep:]:
+    for state, kept in ((AddonBackup.State.SUCCEEDED, keep), (AddonBackup.State.FAILED, 1)):
+        rows = (
+            AddonBackup.objects.filter(app_id=app_id, kind=AddonBackup.Kind.SCHEDULED, state=state)
+            .order_by("-created_at", "-pk")
+            .select_related("app", "app__tenant")
+        )
+        for backup in rows[kept:]:
             if backup.restore_state in AddonBackup.ACTIVE_RESTORE_STATES:
                 continue
             backup_remove(backup)

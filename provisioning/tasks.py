@@ -651,9 +651,18 @@ def addon_backup_run(self: PlatformTask, backup_id: str) -> None:
             finished_at=timezone.now(),
         )
         return
-    AddonBackup.objects.filter(pk=backup.pk, state=AddonBackup.State.RUNNING).update(
-        state=AddonBackup.State.SUCCEEDED, size=size, finished_at=timezone.now(), error_code="", error_message=""
-    )
+    if (
+        AddonBackup.objects.filter(pk=backup.pk, state=AddonBackup.State.RUNNING).update(
+            state=AddonBackup.State.SUCCEEDED,
+            size=size,
+            finished_at=timezone.now(),
+            updated_at=timezone.now(),
+            error_code="",
+            error_message="",
+        )
+        and backup.kind == AddonBackup.Kind.SCHEDULED
+    ):
+        backups.app_backups_prune(backup.app_id)
 
 
 # How long a restore waits for a deploy that started after it was accepted (the API refuses one asked

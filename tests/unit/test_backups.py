@@ -429,19 +429,37 @@ def test_daily_backups_respect_retention(
     owner: Actor, app: App, backup_queued: mock.MagicMock, cluster: FakeCluster, django_capture_on_commit_callbacks: Any
 ) -> None:
     manual = take(owner, app, django_capture_on_commit_callbacks)
-    for _ in range(5):
+    for day in range(6):
+        backup_queued.reset_mock()
         with django_capture_on_commit_callbacks(execute=True):
             counts = tasks.addon_backups_daily.run()
         assert counts["queued"] == 1
-        for call in backup_queued.call_args_list:
-            attempt(tasks.addon_backup_run, call.args[0])
-    with django_capture_on_commit_callbacks(execute=True):
-        tasks.addon_backups_daily.run()  # the sixth is queued; retention counts finished ones
-    scheduled = AddonBackup.objects.filter(app=app, kind=AddonBackup.Kind.SCHEDULED, state="succeeded")
-    assert scheduled.count() == 3
+        attempt(tasks.addon_backup_run, backup_queued.call_args.args[0])
+        scheduled = AddonBackup.objects.filter(app=app, kind=AddonBackup.Kind.SCHEDULED)
+        assert scheduled.count() == min(day + 1, 3)
     assert AddonBackup.objects.filter(public_id=manual["id"]).exists()  # manual ones are the tenant's
     files = {p.name for p in Path(backups.backup_dir()).iterdir()}
     assert files == {b.path.name for b in AddonBackup.objects.filter(state="succeeded")}
+
+
+def test_a_failed_scheduled_backup_costs_no_good_one(
+    owner: Actor, app: App, backup_queued: mock.MagicMock, cluster: FakeCluster, django_capture_on_commit_callbacks: Any
+) -> None:
+    for _ in range(3):
+        backup_queued.reset_mock()
+        with django_capture_on_commit_callbacks(execute=True):
+            tasks.addon_backups_daily.run()
+        attempt(tasks.addon_backup_run, backup_queued.call_args.args[0])
+    cluster.fail = PostgresError("pg_dump failed: the tool reported an error", transient=False)
+    for _ in range(3):  # three bad days
+        backup_queued.reset_mock()
+        with django_capture_on_commit_callbacks(execute=True):
+            tasks.addon_backups_daily.run()
+        attempt(tasks.addon_backup_run, backup_queued.call_args.args[0])
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.addon_backups_daily.run()  # its prune pass
+    assert AddonBackup.objects.filter(app=app, state="succeeded").count() == 3
+    assert AddonBackup.objects.filter(app=app, state="failed").count() == 1  # the latest failure says why
 
 
 # --- the pg tools ----------------------------------------------------------------------------------
