@@ -1,7 +1,8 @@
 """Tenant database backups end to end: rows written through an app running in gVisor, a backup taken
 through the API, a table dropped through the app, the backup restored, the rows read back through the
 app; the download restored with `pg_restore` into a scratch database; what the backup holds (only this
-tenant's data, no password); a restore asked for during a deploy refused with a clear 409."""
+tenant's data, no password); a restore asked for during a deploy refused with a clear 409; daily backups
+kept to COLTSFOOT_TENANT_BACKUP_KEEP (2 in these tests)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 import pytest
+from celery import Celery
 from psycopg.conninfo import make_conninfo
 
 from devstack.services import Platform
@@ -146,6 +148,33 @@ def test_backup_restore_and_download_of_a_tenant_database(
         assert refused.status_code == 409, refused.text
         assert refused.json()["error"]["code"] == "backup.deploy_in_progress"
         wait_for_deployment(client, deploying["id"], {"live", "failed"}, timeout=420)
+
+        # Daily backups (what beat sends once a day), three days in a row: the newest two are kept.
+        control = Celery(broker=platform.redis.url)
+        try:
+            seen: set[str] = set()
+            for _ in range(3):
+                control.send_task("coltsfoot.addon_backups_daily")
+
+                def day_done() -> bool:
+                    items = client.get(base).json()["items"]
+                    new = {item["id"] for item in items if item["kind"] == "scheduled"} - seen
+                    finished = all(item["state"] in {"succeeded", "failed"} for item in items)
+                    if new and finished:
+                        seen.update(new)
+                        return True
+                    return False
+
+                wait_until(day_done, timeout=120, message="the daily backup to finish")
+        finally:
+            control.close()
+        items = client.get(base).json()["items"]
+        scheduled = [item for item in items if item["kind"] == "scheduled"]
+        assert [item["state"] for item in scheduled] == ["succeeded", "succeeded"]
+        assert any(item["id"] == backup["id"] for item in items)  # the one asked for is kept
+        on_disk = {path.name for path in stored.parent.iterdir()}
+        for item in scheduled:
+            assert f"{item['id']}.dump.sealed" in on_disk
 
         # Another tenant sees none of it.
         with platform.client(other_created["token"]) as other:
