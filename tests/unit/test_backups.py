@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import sys
 import uuid
@@ -24,6 +25,7 @@ from core import crypto
 from core import sealed
 from drivers import postgres
 from drivers.postgres import PostgresError
+from platform_apps.backups import api as backups_api
 from platform_apps.models import Addon
 from platform_apps.models import AddonBackup
 from platform_apps.models import App
@@ -579,3 +581,18 @@ def test_the_database_cannot_be_removed_while_a_restore_is_queued_or_running(own
     assert response.status_code == 409
     assert error_code(response) == "backup.restore_in_progress"
     assert Addon.objects.get(app=app).state == Addon.State.READY
+
+
+def test_the_asgi_download_reads_one_chunk_at_a_time(
+    owner: Actor, app: App, backup_queued: mock.MagicMock, cluster: FakeCluster, django_capture_on_commit_callbacks: Any
+) -> None:
+    body = take(owner, app, django_capture_on_commit_callbacks)
+    backup = AddonBackup.objects.get(public_id=body["id"])
+    key = crypto.decrypt(backup.key_encrypted)
+
+    async def collect() -> list[bytes]:
+        return [chunk async for chunk in backups_api.plaintext_async(backup, key)]
+
+    chunks = asyncio.run(collect())
+    assert b"".join(chunks) == DUMP
+    assert len(chunks) > 1
