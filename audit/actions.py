@@ -12,6 +12,8 @@ CONFIG_UPDATE = "config.update"
 ADDON_CREATE = "addon.create"
 ADDON_DELETE = "addon.delete"
 ADDON_UPDATE = "addon.update"
+BACKUP_CREATE = "backup.create"
+BACKUP_RESTORE = "backup.restore"
 WEBHOOK_SECRET_ROTATE = "webhook_secret.rotate"
 WEBHOOK_DEPLOY = "webhook.deploy"
 TOKEN_CREATE = "token.create"
@@ -34,6 +36,8 @@ ACTIONS: frozenset[str] = frozenset(
         ADDON_CREATE,
         ADDON_DELETE,
         ADDON_UPDATE,
+        BACKUP_CREATE,
+        BACKUP_RESTORE,
         WEBHOOK_SECRET_ROTATE,
         WEBHOOK_DEPLOY,
         TOKEN_CREATE,

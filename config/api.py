@@ -16,6 +16,7 @@ from core.errors import install_error_handlers
 from platform_apps.addons.api import router as addons_router
 from platform_apps.apps.api import router as apps_router
 from platform_apps.audit.api import router as audit_router
+from platform_apps.backups.api import router as backups_router
 from platform_apps.config.api import router as config_router
 from platform_apps.deployments.api import router as deployments_router
 from platform_apps.logs.api import router as logs_router
@@ -116,6 +117,7 @@ api.add_router("/", apps_router)
 api.add_router("/", deployments_router)
 api.add_router("/", config_router)
 api.add_router("/", addons_router)
+api.add_router("/", backups_router)
 api.add_router("/", webhooks_router)
 api.add_router("/", audit_router)
 api.add_router("/", logs_router)

@@ -18,3 +18,13 @@ app.autodiscover_tasks()
 app.conf.beat_schedule = {
     "reconcile": {"task": "coltsfoot.reconcile", "schedule": float(settings.CELERY_BEAT_RECONCILE_SECONDS)},
 }
+if settings.PLATFORM_BACKUP_SECONDS > 0:
+    app.conf.beat_schedule["platform-backup"] = {
+        "task": "coltsfoot.platform_backup",
+        "schedule": float(settings.PLATFORM_BACKUP_SECONDS),
+    }
+if settings.TENANT_BACKUP_SECONDS > 0:
+    app.conf.beat_schedule["tenant-backups"] = {
+        "task": "coltsfoot.addon_backups_daily",
+        "schedule": float(settings.TENANT_BACKUP_SECONDS),
+    }

@@ -307,6 +307,21 @@ TENANT_PG_IDLE_TX_TIMEOUT_MS = env_int("COLTSFOOT_TENANT_PG_IDLE_TX_TIMEOUT_MS",
 # means a key derived from DJANGO_SECRET_KEY.
 FERNET_KEYS = env_list("COLTSFOOT_FERNET_KEYS", [])
 
+# Backups (README "Disaster recovery"). The platform DB: a consistent online copy every
+# PLATFORM_BACKUP_SECONDS (beat; 0 = off) into PLATFORM_BACKUP_DIR, the newest PLATFORM_BACKUP_KEEP kept.
+PLATFORM_BACKUP_DIR = env_str("COLTSFOOT_PLATFORM_BACKUP_DIR", str(DATA_DIR / "backups" / "platform"))
+PLATFORM_BACKUP_KEEP = env_int("COLTSFOOT_PLATFORM_BACKUP_KEEP", 7)
+PLATFORM_BACKUP_SECONDS = env_int("COLTSFOOT_PLATFORM_BACKUP_SECONDS", 24 * 3600)
+# Tenant database backups (the PostgreSQL add-on): sealed pg_dump files under BACKUP_DIR (a mounted
+# volume in production), one per add-on every TENANT_BACKUP_SECONDS (beat; 0 = off), the newest
+# TENANT_BACKUP_KEEP daily ones kept per app; pg_dump / pg_restore are killed after TENANT_BACKUP_TIMEOUT s.
+BACKUP_DIR = env_str("COLTSFOOT_BACKUP_DIR", str(DATA_DIR / "backups" / "tenants"))
+TENANT_BACKUP_KEEP = env_int("COLTSFOOT_TENANT_BACKUP_KEEP", 7)
+TENANT_BACKUP_SECONDS = env_int("COLTSFOOT_TENANT_BACKUP_SECONDS", 24 * 3600)
+TENANT_BACKUP_TIMEOUT = env_int("COLTSFOOT_TENANT_BACKUP_TIMEOUT", 1800)
+PG_DUMP_BIN = env_str("COLTSFOOT_PG_DUMP", "pg_dump")
+PG_RESTORE_BIN = env_str("COLTSFOOT_PG_RESTORE", "pg_restore")
+
 # CI sources (issue: webhooks).
 GIT_ALLOWED_HOSTS = env_list("COLTSFOOT_GIT_ALLOWED_HOSTS", ["github.com", "gitlab.com", "codeberg.org"])
 GIT_ALLOWED_SCHEMES = env_list("COLTSFOOT_GIT_ALLOWED_SCHEMES", ["https"])

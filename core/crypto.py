@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import threading
 from typing import Any
@@ -33,6 +34,7 @@ _RELEVANT_SETTINGS = frozenset({"FERNET_KEYS", "SECRET_KEY"})
 
 _lock = threading.Lock()
 _cached: MultiFernet | None = None
+_cached_primary: Fernet | None = None
 
 
 class SecretDecryptError(Exception):
@@ -72,11 +74,31 @@ def rotate(token: str) -> str:
         raise SecretDecryptError from None
 
 
+def uses_primary_key(token: str) -> bool:
+    """Whether the primary (first) key alone decrypts ``token``: such a token needs no rotation.
+
+    Only the primary key is tried, so a token under an old key answers False; so does one no
+    configured key decrypts (``rotate`` then raises SecretDecryptError).
+    """
+    try:
+        _primary_fernet().decrypt(token.encode("ascii"))
+    except (InvalidToken, UnicodeError):
+        return False
+    return True
+
+
+def primary_key_fingerprint() -> str:
+    """A short, non-secret name of the primary key (the first 12 hex digits of the key's SHA-256),
+    for reports that say which key a run rotated to; never the key itself."""
+    return hashlib.sha256(_primary_raw_key()).hexdigest()[:12]
+
+
 def reset_cache() -> None:
     """Forget the cached keys; the next call reads the settings again."""
-    global _cached
+    global _cached, _cached_primary
     with _lock:
         _cached = None
+        _cached_primary = None
 
 
 @receiver(setting_changed)
@@ -86,14 +108,31 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
         reset_cache()
 
 
+def _primary_fernet() -> Fernet:
+    _multi_fernet()
+    primary = _cached_primary
+    if primary is None:  # the cache was reset in between (a settings change): read the keys again
+        return _load_keys()[0]
+    return primary
+
+
+def _primary_raw_key() -> bytes:
+    configured: list[str] = list(settings.FERNET_KEYS)
+    if configured:
+        return configured[0].strip().encode("ascii")
+    return _derive_development_key(settings.SECRET_KEY)
+
+
 def _multi_fernet() -> MultiFernet:
-    global _cached
+    global _cached, _cached_primary
     cached = _cached
     if cached is not None:
         return cached
     with _lock:
         if _cached is None:
-            _cached = MultiFernet(_load_keys())
+            keys = _load_keys()
+            _cached_primary = keys[0]
+            _cached = MultiFernet(keys)
         return _cached
 
 

@@ -43,7 +43,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +63,7 @@ import psycopg
 from django.conf import settings
 from psycopg import errors as pg_errors
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
@@ -627,3 +635,197 @@ def pgbouncer_registered_roles() -> set[str] | None:
     if path is None or not path.is_file():
         return None
     return set(userlist_read(path))
+
+
+# --- backups of tenant databases -------------------------------------------------------------------
+#
+# pg_dump and pg_restore run as the tenant's own role, connecting to PostgreSQL directly (not through
+# PgBouncer, whose transaction pooling breaks their sessions): a dump can only contain what that role can
+# read in its own database, never another tenant's data, and a restore can only create objects the role
+# may create (a superuser pg_restore would run a hostile dump's SQL as superuser). The password goes in
+# PGPASSWORD, never on the command line. Their stderr can quote tenant data (COPY errors show the row),
+# so it is never logged: only the step and the exit status.
+
+TOOL_CHUNK_BYTES = 64 * 1024
+DUMP_LOCK_WAIT_TIMEOUT_MS = 30_000
+
+
+def _tenant_conninfo(role: str, database: str) -> list[str]:
+    target = conninfo_to_dict(settings.TENANT_PG_ADMIN_DSN)
+    args = []
+    if target.get("host"):
+        args += ["--host", str(target["host"])]
+    if target.get("port"):
+        args += ["--port", str(target["port"])]
+    role, database = _require_role_name(role), _require_database_name(database)
+    return [*args, "--username", role, "--no-password", "--dbname", database]
+
+
+def tenant_dump_argv(role: str, database: str) -> list[str]:
+    """pg_dump of one tenant database, custom format (compressed; what `pg_restore` reads), to stdout,
+    without owners or grants so that it restores under any role."""
+    return [
+        settings.PG_DUMP_BIN,
+        "--format=custom",
+        "--no-owner",
+        "--no-privileges",
+        f"--lock-wait-timeout={DUMP_LOCK_WAIT_TIMEOUT_MS}",
+        *_tenant_conninfo(role, database),
+    ]
+
+
+def tenant_restore_argv(role: str, database: str) -> list[str]:
+    """pg_restore of a custom-format dump read from stdin into the tenant database: what the dump has
+    replaces what the database has (`--clean --if-exists`), all or nothing (`--single-transaction`)."""
+    return [
+        settings.PG_RESTORE_BIN,
+        "--clean",
+        "--if-exists",
+        "--no-owner",
+        "--no-privileges",
+        "--single-transaction",
+        "--exit-on-error",
+        *_tenant_conninfo(role, database),
+    ]
+
+
+def _tool_env(password: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "PGPASSWORD": password,
+        "PGCONNECT_TIMEOUT": str(ADMIN_CONNECT_TIMEOUT_SECONDS),
+        "PGAPPNAME": "coltsfoot-backup",
+    }
+
+
+def _tool_failure(step: str, returncode: int | None, stderr: str, log_extra: dict[str, str]) -> PostgresError:
+    text = stderr.lower()
+    if "password authentication failed" in text or "no password supplied" in text:
+        # The tenant changed its own role's password: the next provision() resets it.
+        transient, reason = False, "the database refused the add-on's credentials"
+    elif "could not connect" in text or "connection refused" in text or "timeout" in text or "terminat" in text:
+        transient, reason = True, "the database was not reachable"
+    else:
+        transient, reason = False, "the tool reported an error"
+    logger.warning(
+        "tenant postgres tool failed",
+        extra={**log_extra, "step": step, "returncode": returncode, "transient": transient, "reason": reason},
+    )
+    return PostgresError(f"{step} failed: {reason} (exit status {returncode})", transient=transient)
+
+
+def _spawn(argv: list[str], password: str, **kwargs: object) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(argv, env=_tool_env(password), **kwargs)  # type: ignore[call-overload,no-any-return]
+    except FileNotFoundError as exc:
+        raise PostgresError(f"{argv[0]} is not installed (Debian package postgresql-client)", transient=False) from exc
+
+
+def _watchdog(process: subprocess.Popen[bytes], timeout: float) -> threading.Timer:
+    timer = threading.Timer(timeout, process.kill)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def tenant_dump(addon_id: UUID, password: str, sink: Callable[[bytes], None], *, timeout: float) -> int:
+    """Stream a pg_dump of the add-on's database into `sink`, chunk by chunk; the number of bytes.
+    Killed after `timeout` seconds. Raises PostgresError (transient when the cluster was unreachable)."""
+    role, database = role_name(addon_id), database_name(addon_id)
+    log_extra = {"addon_id": str(addon_id), "database": database}
+    with tempfile.TemporaryFile() as stderr:
+        process = _spawn(tenant_dump_argv(role, database), password, stdout=subprocess.PIPE, stderr=stderr)
+        timer = _watchdog(process, timeout)
+        total = 0
+        try:
+            assert process.stdout is not None  # noqa: S101 - stdout=PIPE
+            while chunk := process.stdout.read(TOOL_CHUNK_BYTES):
+                sink(chunk)
+                total += len(chunk)
+            returncode = process.wait(timeout=max(1.0, timeout))
+        finally:
+            timer.cancel()
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+        if returncode != 0:
+            stderr.seek(0)
+            raise _tool_failure("pg_dump", returncode, stderr.read().decode("utf-8", "replace"), log_extra)
+    logger.info("tenant database dumped", extra={**log_extra, "bytes": total})
+    return total
+
+
+def tenant_restore(addon_id: UUID, password: str, chunks: Iterable[bytes], *, timeout: float) -> None:
+    """Restore a custom-format dump (given as `chunks`) into the add-on's database, as its role.
+
+    PgBouncer's connections to the database are killed and new ones held (KILL pauses the database)
+    until the restore ends, and the role's own sessions are terminated first, so the app's open
+    transactions cannot hold the locks `--clean` needs; the app's requests wait instead of failing."""
+    role, database = role_name(addon_id), database_name(addon_id)
+    log_extra = {"addon_id": str(addon_id), "database": database}
+    with _translate_errors("restore pause"):
+        try:
+            _pgbouncer_admin([sql.SQL("KILL {}").format(sql.Identifier(database))])
+        except psycopg.Error as exc:
+            if "no such database" not in str(exc).lower():
+                raise
+            # PgBouncer has no pool for it yet (the app never connected): nothing to hold.
+    try:
+        with _translate_errors("restore terminate sessions"), _admin_connection() as conn:
+            conn.execute(TERMINATE_ROLE_SESSIONS_SQL, (role,))
+        _restore_stream(role, database, password, chunks, timeout=timeout, log_extra=log_extra)
+    finally:
+        _pgbouncer_resume(database, log_extra)
+    logger.info("tenant database restored", extra=log_extra)
+
+
+RESUME_ATTEMPTS = 5
+
+
+def _pgbouncer_resume(database: str, log_extra: dict[str, str]) -> None:
+    """RESUME after a restore, whatever happened to it: a database left paused would hold every
+    connection of the app forever. "Not paused" / "no such database" mean there is nothing to do."""
+    for attempt in range(RESUME_ATTEMPTS):
+        try:
+            _pgbouncer_admin([sql.SQL("RESUME {}").format(sql.Identifier(database))])
+            return
+        except psycopg.Error as exc:
+            message = str(exc).lower()
+            if "is not paused" in message or "no such database" in message:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5 * (attempt + 1))
+    logger.error("pgbouncer database left paused after a restore: RESUME it on the admin console", extra=log_extra)
+
+
+def _restore_stream(
+    role: str, database: str, password: str, chunks: Iterable[bytes], *, timeout: float, log_extra: dict[str, str]
+) -> None:
+    with tempfile.TemporaryFile() as stderr:
+        process = _spawn(
+            tenant_restore_argv(role, database),
+            password,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        timer = _watchdog(process, timeout)
+        try:
+            assert process.stdin is not None  # noqa: S101 - stdin=PIPE
+            try:
+                for chunk in chunks:
+                    process.stdin.write(chunk)
+                process.stdin.close()
+            except BrokenPipeError:
+                pass  # pg_restore stopped reading: its exit status says why
+            returncode = process.wait(timeout=max(1.0, timeout))
+        finally:
+            timer.cancel()
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+        if returncode != 0:
+            stderr.seek(0)
+            raise _tool_failure("pg_restore", returncode, stderr.read().decode("utf-8", "replace"), log_extra)

@@ -31,6 +31,7 @@ from platform_apps.apps import selectors as app_selectors
 from platform_apps.apps import services as app_services
 from platform_apps.deployments import services as deployment_services
 from platform_apps.models import Addon
+from platform_apps.models import AddonBackup
 from platform_apps.models import App
 from platform_apps.models import AppStatus
 from platform_apps.models import ConfigVar
@@ -504,6 +505,39 @@ class RedisAddonAdmin(AuditedAdmin[RedisAddon]):
 
     def has_delete_permission(self, request: HttpRequest, obj: RedisAddon | None = None) -> bool:
         return False  # its container and data would stay behind: deprovisioning is a task
+
+
+@admin.register(AddonBackup)
+class AddonBackupAdmin(AuditedAdmin[AddonBackup]):
+    """Read-only: a backup is taken and restored through the API (its key never shows)."""
+
+    list_display = ["public_id", "app", "kind", "state", "size", "restore_state", "created_at"]
+    list_filter = ["state", "kind", "restore_state", "created_at"]
+    search_fields = ["public_id", "app__name", "app__tenant__slug"]
+    list_select_related = ["app", "app__tenant"]
+    fields = (
+        "public_id",
+        "app",
+        "kind",
+        "state",
+        "size",
+        "error_code",
+        "error_message",
+        "restore_state",
+        "restore_error_code",
+        "restore_requested_at",
+        "restored_at",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: AddonBackup | None = None) -> bool:
+        return False  # its file would stay behind: retention removes both
 
 
 @admin.register(WebhookDelivery)

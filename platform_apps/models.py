@@ -325,6 +325,71 @@ class RedisAddon(auto_prefetch.Model):
         return f"redis {self.public_id} ({self.state})"
 
 
+class AddonBackup(auto_prefetch.Model):
+    """A pg_dump (custom format) of an app's add-on database, stored sealed (`core.sealed`) under a data
+    key of its own, which is kept here wrapped by the platform's Fernet keys. The row also carries the
+    one restore that may be asked of it at a time (`restore_state`)."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    class Kind(models.TextChoices):
+        MANUAL = "manual", "Asked for"
+        SCHEDULED = "scheduled", "Daily"
+
+    class RestoreState(models.TextChoices):
+        NONE = "", "Never restored"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    ACTIVE_RESTORE_STATES: ClassVar[tuple[str, ...]] = (RestoreState.QUEUED, RestoreState.RUNNING)
+
+    app = auto_prefetch.ForeignKey(App, on_delete=models.CASCADE, related_name="backups")
+    # The add-on it was taken of; kept (NULL) when that add-on is removed, and a restore goes into the
+    # app's current database, so data outlives a deleted add-on.
+    addon = auto_prefetch.ForeignKey(Addon, on_delete=models.SET_NULL, null=True, blank=True, related_name="backups")
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.MANUAL)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    size = models.BigIntegerField(default=0, help_text="Bytes of the dump (what a download streams).")
+    key_encrypted = models.TextField(editable=False)
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    restore_state = models.CharField(max_length=16, choices=RestoreState.choices, blank=True, default="")
+    restore_error_code = models.CharField(max_length=64, blank=True, default="")
+    restore_error_message = models.TextField(blank=True, default="")
+    restore_requested_at = models.DateTimeField(null=True, blank=True)
+    restored_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Touched by every task that works on the row: queued work not touched for a lease lost its
+    # message (a broker outage), and the reconciler queues it again.
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects: ClassVar[auto_prefetch.Manager[AddonBackup]] = auto_prefetch.Manager()
+
+    class Meta(auto_prefetch.Model.Meta):
+        ordering = ["app", "-created_at"]
+        indexes = [
+            models.Index(fields=["app", "created_at"]),
+            models.Index(fields=["state", "created_at"]),
+            models.Index(fields=["restore_state", "updated_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"backup {self.public_id} of {self.app.name} ({self.state})"
+
+    @property
+    def path(self) -> Path:
+        return Path(settings.BACKUP_DIR) / f"{self.public_id}.dump.sealed"
+
+
 class WebhookDelivery(auto_prefetch.Model):
     """A webhook call that was accepted. A delivery id, or a signature, seen again for the same
     app returns the original deployment instead of creating another."""

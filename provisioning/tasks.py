@@ -37,14 +37,18 @@ from core.logging import unbind
 from drivers import logstore
 from drivers import podman
 from drivers import redis
+from platform_apps.backups.services import log_context as backup_log_context
 from platform_apps.deployments.services import release_current
 from platform_apps.idempotency import purge_expired
 from platform_apps.models import Addon
+from platform_apps.models import AddonBackup
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import RedisAddon
 from provisioning import addons
+from provisioning import backups
 from provisioning import pipeline
+from provisioning import platform_backup
 from provisioning import redis_addons
 from provisioning import watchdog  # noqa: F401 - the worker's watchdog: its signal handlers and probe task
 from provisioning.firewall import firewall_sync
@@ -471,13 +475,33 @@ def requeue_work(now: datetime | None = None) -> dict[str, int]:
         pipeline.remove_containers(deployment, graceful=deployment.state == State.SUPERSEDED)
     addon_count = _addons_requeue_stalled(stale) + _redis_requeue_stalled(stale)
     auth_repaired = addons.addons_repair_auth()
+    backup_count = _backups_requeue_stalled(stale, now)
     purged = purge_expired()
     return {
         "deployments": len(deployments),
         "apps": len(deleting),
         "addons": addon_count + auth_repaired,
+        "backups": backup_count,
         "idempotency": purged,
     }
+
+
+def _backups_requeue_stalled(stale: datetime, now: datetime) -> int:
+    """Backups and restores still queued that no task has touched for a lease (their message was
+    lost): queued again, and touched, so the next sweep waits for that message first. A task that
+    schedules a retry touches its row to the retry's time, so a pending retry is not lost work. A
+    duplicate is harmless: each task claims its row with a conditional update."""
+    count = 0
+    backups_stalled = AddonBackup.objects.filter(state=AddonBackup.State.QUEUED, updated_at__lt=stale)
+    restores_stalled = AddonBackup.objects.filter(restore_state=AddonBackup.RestoreState.QUEUED, updated_at__lt=stale)
+    for queryset, task in ((backups_stalled, addon_backup_run), (restores_stalled, addon_restore_run)):
+        ids = [str(public_id) for public_id in queryset.values_list("public_id", flat=True)]
+        queryset.filter(public_id__in=ids).update(updated_at=now)
+        for backup_id in ids:
+            logger.info("requeueing stalled backup work", extra={"backup_id": backup_id, "task": task.name})
+            task.delay(backup_id)
+        count += len(ids)
+    return count
 
 
 @shared_task(bind=True, base=PlatformTask, name="coltsfoot.reconcile")
@@ -655,3 +679,166 @@ def redis_deprovision(self: PlatformTask, addon_id: str) -> None:
     app_pk = addon.app_id
     RedisAddon.objects.filter(pk=addon.pk, state=RedisAddon.State.DEPROVISIONING).delete()
     _rerelease(app_pk)
+
+
+# --- Backups -----------------------------------------------------------------------------------
+
+PLATFORM_BACKUP_LEASE = "platform-backup"
+
+
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.platform_backup")
+def platform_backup_run(self: PlatformTask) -> dict[str, object]:
+    """Every COLTSFOOT_PLATFORM_BACKUP_SECONDS (beat): an online backup of the platform DB into the
+    backup directory, then retention. One at a time (a lease); a failed copy leaves no file behind."""
+    owner = str(self.request.id or uuid.uuid4())
+    if not named_lease.lease_acquire(PLATFORM_BACKUP_LEASE, owner, settings.CELERY_TASK_TIME_LIMIT):
+        return {"skipped": True}
+    try:
+        info = platform_backup.platform_backup()
+        removed = platform_backup.backups_prune()
+    except platform_backup.PlatformBackupError as exc:
+        self.retry_if_transient(exc)
+        logger.error("platform DB backup failed: %s", exc)
+        raise
+    finally:
+        named_lease.lease_release(PLATFORM_BACKUP_LEASE, owner)
+    return {**info.as_dict(), "pruned": len(removed)}
+
+
+def _load_backup(backup_id: str) -> AddonBackup | None:
+    backup: AddonBackup | None = (
+        AddonBackup.objects.select_related("app", "app__tenant").filter(public_id=backup_id).first()
+    )
+    if backup is not None:
+        bind(tenant_id=backup.app.tenant.public_id, app_id=backup.app.public_id)
+    return backup
+
+
+def _ready_addon_of(backup: AddonBackup) -> Addon | None:
+    addon: Addon | None = Addon.objects.filter(app_id=backup.app_id, state=Addon.State.READY).first()
+    return addon
+
+
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.addon_backup_run")
+def addon_backup_run(self: PlatformTask, backup_id: str) -> None:
+    """Take a queued backup. Claimed queued -> running; a transient failure puts it back to queued
+    and retries with backoff; anything else fails it with a code (no file is left behind)."""
+    backup = _load_backup(backup_id)
+    if backup is None:
+        return
+    if not AddonBackup.objects.filter(pk=backup.pk, state=AddonBackup.State.QUEUED).update(
+        state=AddonBackup.State.RUNNING, started_at=timezone.now(), updated_at=timezone.now()
+    ):
+        return  # taken by another delivery of this task, or finished
+    addon = _ready_addon_of(backup)
+    if addon is None:
+        AddonBackup.objects.filter(pk=backup.pk, state=AddonBackup.State.RUNNING).update(
+            state=AddonBackup.State.FAILED,
+            error_code="backup.database_not_ready",
+            error_message="The app's database was being created or removed.",
+            finished_at=timezone.now(),
+        )
+        return
+    try:
+        size = backups.backup_take(backup, addon)
+    except Exception as exc:
+        delay = self.retry_delay(exc)
+        if delay is not None:
+            AddonBackup.objects.filter(pk=backup.pk, state=AddonBackup.State.RUNNING).update(
+                state=AddonBackup.State.QUEUED, updated_at=timezone.now() + timedelta(seconds=delay)
+            )
+            raise self.retry(exc=exc, countdown=delay) from exc
+        logger.error("database backup failed", exc_info=exc, extra=backup_log_context(backup))
+        AddonBackup.objects.filter(pk=backup.pk, state=AddonBackup.State.RUNNING).update(
+            state=AddonBackup.State.FAILED,
+            error_code="backup.failed",
+            error_message="The database could not be backed up; try again later.",
+            finished_at=timezone.now(),
+        )
+        return
+    if (
+        AddonBackup.objects.filter(pk=backup.pk, state=AddonBackup.State.RUNNING).update(
+            state=AddonBackup.State.SUCCEEDED,
+            size=size,
+            finished_at=timezone.now(),
+            updated_at=timezone.now(),
+            error_code="",
+            error_message="",
+        )
+        and backup.kind == AddonBackup.Kind.SCHEDULED
+    ):
+        backups.app_backups_prune(backup.app_id)
+
+
+# How long a restore waits for a deploy that started after it was accepted (the API refuses one asked
+# for during a deploy): RESTORE_WAIT_RETRIES times RESTORE_WAIT_SECONDS, with jitter.
+RESTORE_WAIT_RETRIES = 40
+RESTORE_WAIT_SECONDS = 15.0
+
+
+def _restore_fail(backup: AddonBackup, code: str, message: str) -> None:
+    AddonBackup.objects.filter(pk=backup.pk, restore_state__in=AddonBackup.ACTIVE_RESTORE_STATES).update(
+        restore_state=AddonBackup.RestoreState.FAILED,
+        restore_error_code=code,
+        restore_error_message=message,
+        restored_at=timezone.now(),
+    )
+    logger.warning("database restore failed", extra={**backup_log_context(backup), "code": code})
+
+
+@shared_task(
+    bind=True, base=PlatformTask, name="coltsfoot.addon_restore_run", max_retries=RESTORE_WAIT_RETRIES + MAX_RETRIES
+)
+def addon_restore_run(self: PlatformTask, backup_id: str) -> None:
+    """Restore a backup into the app's database, then re-release the app (its processes reconnect to
+    restored data, and a `release:` migration runs against it). Never while the app deploys: a deploy
+    that started in between is waited for; an add-on that is no longer ready fails the restore."""
+    backup = _load_backup(backup_id)
+    if backup is None or backup.restore_state != AddonBackup.RestoreState.QUEUED:
+        return
+    addon = _ready_addon_of(backup)
+    if addon is None:
+        _restore_fail(backup, "backup.database_not_ready", "The app's database was being created or removed.")
+        return
+    if Deployment.objects.filter(app_id=backup.app_id, state__in=Deployment.ACTIVE_STATES).exists():
+        if self.request.retries >= RESTORE_WAIT_RETRIES:
+            _restore_fail(backup, "backup.deploy_in_progress", "The app kept deploying; restore once it is idle.")
+            return
+        logger.info("restore waits for a deployment", extra=backup_log_context(backup))
+        wait = RESTORE_WAIT_SECONDS * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
+        AddonBackup.objects.filter(pk=backup.pk).update(updated_at=timezone.now() + timedelta(seconds=wait))
+        raise self.retry(countdown=wait)
+    if not AddonBackup.objects.filter(pk=backup.pk, restore_state=AddonBackup.RestoreState.QUEUED).update(
+        restore_state=AddonBackup.RestoreState.RUNNING, updated_at=timezone.now()
+    ):
+        return
+    try:
+        backups.backup_restore_into(backup, addon)
+    except Exception as exc:
+        delay = self.retry_delay(exc)
+        if delay is not None:
+            AddonBackup.objects.filter(pk=backup.pk, restore_state=AddonBackup.RestoreState.RUNNING).update(
+                restore_state=AddonBackup.RestoreState.QUEUED, updated_at=timezone.now() + timedelta(seconds=delay)
+            )
+            raise self.retry(exc=exc, countdown=delay) from exc
+        logger.error("database restore failed", exc_info=exc, extra=backup_log_context(backup))
+        # pg_restore ran in one transaction: the database is as it was before.
+        _restore_fail(backup, "backup.restore_failed", "The backup could not be restored; the database is unchanged.")
+        return
+    with transaction.atomic():
+        if AddonBackup.objects.filter(pk=backup.pk, restore_state=AddonBackup.RestoreState.RUNNING).update(
+            restore_state=AddonBackup.RestoreState.SUCCEEDED, restored_at=timezone.now()
+        ):
+            transaction.on_commit(lambda: _rerelease(backup.app_id))
+
+
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.addon_backups_daily")
+def addon_backups_daily(self: PlatformTask) -> dict[str, int]:
+    """Every COLTSFOOT_TENANT_BACKUP_SECONDS (beat): one scheduled backup per ready add-on, then
+    retention, stale runs failed and orphaned files removed."""
+    return {
+        "interrupted": backups.backups_fail_stale(),
+        "queued": backups.backups_schedule(),
+        "pruned": backups.backups_prune(),
+        "orphans": backups.orphan_files_remove(),
+    }

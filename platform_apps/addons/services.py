@@ -20,6 +20,7 @@ from drivers import redis
 from platform_apps.addons.selectors import addon_get
 from platform_apps.addons.selectors import redis_addon_get
 from platform_apps.models import Addon
+from platform_apps.models import AddonBackup
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import RedisAddon
@@ -65,6 +66,8 @@ def addon_delete(*, app: App) -> Addon:
     addon = addon_get(app=app)
     if addon.state == Addon.State.PROVISIONING:
         raise Conflict("addon.provisioning", "The database is still being created; delete it once it is ready.")
+    if AddonBackup.objects.filter(app=app, restore_state__in=AddonBackup.ACTIVE_RESTORE_STATES).exists():
+        raise Conflict("backup.restore_in_progress", "A backup is being restored into the database; delete it after.")
     Addon.objects.filter(pk=addon.pk).update(state=Addon.State.DEPROVISIONING)
     addon.state = Addon.State.DEPROVISIONING
     enqueue_on_commit("coltsfoot.addon_deprovision", str(addon.public_id))

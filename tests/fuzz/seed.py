@@ -1,5 +1,5 @@
-"""The tenant the fuzzer calls the API as: an app with a live deployment, its add-on and webhook
-secret, and a spare token to revoke."""
+"""The tenant the fuzzer calls the API as: an app with a live deployment, its add-on (with a backup)
+and webhook secret, and a spare token to revoke."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from core import crypto
 from platform_apps.models import Addon
+from platform_apps.models import AddonBackup
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from tenants.services import tenant_create
@@ -45,8 +46,12 @@ def seed_tenant() -> Seed:
     App.objects.filter(pk=app.pk).update(
         live_deployment=deployment, webhook_secret_encrypted=crypto.encrypt("whsec_fuzz")
     )
-    Addon.objects.create(
+    addon = Addon.objects.create(
         app=app, role_name="t_fuzz", database_name="t_fuzz", password_encrypted=crypto.encrypt("pw"), state="ready"
+    )
+    # A finished backup whose file is not there: a download is then the documented 409.
+    backup = AddonBackup.objects.create(
+        app=app, addon=addon, state=AddonBackup.State.SUCCEEDED, key_encrypted=crypto.encrypt("k")
     )
     return Seed(
         token=plaintext,
@@ -54,5 +59,6 @@ def seed_tenant() -> Seed:
             "app_id": str(app.public_id),
             "deployment_id": str(deployment.public_id),
             "token_id": str(spare.public_id),
+            "backup_id": str(backup.public_id),
         },
     )

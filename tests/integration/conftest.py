@@ -43,6 +43,8 @@ PLATFORM_TEST_ENV = {
     "COLTSFOOT_GIT_ALLOW_LOCAL": "1",
     "COLTSFOOT_START_DEADLINE": "60",
     "COLTSFOOT_LOG_LEVEL": "INFO",
+    # Retention of daily database backups, small enough to see it work (tests/integration/test_backups.py).
+    "COLTSFOOT_TENANT_BACKUP_KEEP": "2",
 }
 
 

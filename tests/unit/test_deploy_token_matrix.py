@@ -15,7 +15,9 @@ import pytest
 from django.test import Client
 
 from conftest import Actor
+from core import crypto
 from platform_apps.models import Addon
+from platform_apps.models import AddonBackup
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
@@ -38,6 +40,7 @@ class World:
     owner: Actor
     apps: dict[str, str]  # "A"/"B" -> app public id
     deployments: dict[str, str]  # "A"/"B" -> a live deployment of that app
+    backups: dict[str, str]  # "A"/"B" -> a finished backup of that app's database
     spare_token_id: str
 
 
@@ -64,6 +67,12 @@ def _app(method: str, suffix: str = "", body: Any = None) -> Callable[[World, st
 
 def _deployment(suffix: str = "") -> Callable[[World, str], Call]:
     return lambda world, which: Call("GET", f"/deployments/{world.deployments[which]}{suffix}")
+
+
+def _backup(method: str, suffix: str = "") -> Callable[[World, str], Call]:
+    return lambda world, which: Call(
+        method, f"/apps/{world.apps[which]}/addons/postgres/backups/{world.backups[which]}{suffix}"
+    )
 
 
 def _rollback(world: World, which: str) -> Call:
@@ -97,6 +106,13 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("POST", "/apps/{app_id}/addons/redis"): Rule(_app("POST", "/addons/redis", {"maxmemory_mb": 16}), 403, 403),
     ("PATCH", "/apps/{app_id}/addons/redis"): Rule(_app("PATCH", "/addons/redis", {"policy": "allkeys-lru"}), 403, 403),
     ("DELETE", "/apps/{app_id}/addons/redis"): Rule(_app("DELETE", "/addons/redis"), 403, 403),
+    # Database backups: their list and state with apps:read (like the add-on's); taking, restoring and
+    # downloading one (all of the app's data) with apps:write.
+    ("POST", "/apps/{app_id}/addons/postgres/backups"): Rule(_app("POST", "/addons/postgres/backups"), 403, 403),
+    ("GET", "/apps/{app_id}/addons/postgres/backups"): Rule(_app("GET", "/addons/postgres/backups"), 403, 200),
+    ("GET", "/apps/{app_id}/addons/postgres/backups/{backup_id}"): Rule(_backup("GET"), 403, 200),
+    ("POST", "/apps/{app_id}/addons/postgres/backups/{backup_id}/restore"): Rule(_backup("POST", "/restore"), 403, 403),
+    ("GET", "/apps/{app_id}/addons/postgres/backups/{backup_id}/download"): Rule(_backup("GET", "/download"), 403, 403),
     # Tenant-wide: apps and tokens. Tokens need apps:write even to be listed.
     ("POST", "/apps"): Rule(lambda w, _: Call("POST", "/apps", {"name": "gamma"}), 403, 403, per_app=False),
     ("GET", "/apps"): Rule(lambda w, _: Call("GET", "/apps"), 403, 200, per_app=False),
@@ -130,6 +146,7 @@ def world(owner: Actor, settings: Any, tmp_path: Any) -> World:
     settings.BUILD_ROOT = tmp_path / "builds"
     apps: dict[str, str] = {}
     deployments: dict[str, str] = {}
+    backups: dict[str, str] = {}
     for which, name in (("A", "alpha"), ("B", "beta")):
         app_id = _ok(owner.call("POST", "/apps", {"name": name}), 201)["id"]
         apps[which] = app_id
@@ -143,8 +160,14 @@ def world(owner: Actor, settings: Any, tmp_path: Any) -> World:
         deployments[which] = deployment_id
         _ok(owner.call("POST", f"/apps/{app_id}/addons/postgres"), 202)
         _ok(owner.call("POST", f"/apps/{app_id}/addons/redis", {"maxmemory_mb": 16}), 202)
+        addon_id = _ok(owner.call("POST", f"/apps/{app_id}/addons/postgres"), 202)["id"]
+        addon = Addon.objects.get(public_id=addon_id)
+        backup = AddonBackup.objects.create(
+            app=addon.app, addon=addon, state=AddonBackup.State.SUCCEEDED, key_encrypted=crypto.encrypt("k")
+        )
+        backups[which] = str(backup.public_id)
     spare = _mint(owner, "spare", ["apps:read"])
-    return World(owner=owner, apps=apps, deployments=deployments, spare_token_id=spare["id"])
+    return World(owner=owner, apps=apps, deployments=deployments, backups=backups, spare_token_id=spare["id"])
 
 
 def _actor(world: World, scopes: list[str], app: str | None) -> Actor:
@@ -276,5 +299,6 @@ def test_read_only_token_sees_every_app(world: World, reader: Actor):
     assert {item["id"] for item in listing["items"]} == set(world.apps.values())
     for which in ("A", "B"):
         for key, rule in MATRIX.items():
-            if key[0] == "GET" and rule.per_app:
+            # A backup's download is all of the app's data: apps:write, like the writes.
+            if key[0] == "GET" and rule.per_app and not key[1].endswith("/download"):
                 assert call(reader, rule.build(world, which)).status_code == 200, key
