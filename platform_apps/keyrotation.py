@@ -35,6 +35,7 @@ from platform_apps.models import AddonBackup
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import IdempotencyRecord
+from platform_apps.models import RedisAddon
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ _COLUMNS: list[EncryptedColumn] = [
     EncryptedColumn(ConfigVar, "value_encrypted"),
     EncryptedColumn(App, "webhook_secret_encrypted"),
     EncryptedColumn(Addon, "password_encrypted"),
+    EncryptedColumn(RedisAddon, "password_encrypted"),
     EncryptedColumn(IdempotencyRecord, "body_encrypted"),
     # Each backup's data key; the sealed file itself is under that key and never needs rewriting.
     EncryptedColumn(AddonBackup, "key_encrypted"),

@@ -158,9 +158,8 @@ def world(owner: Actor, settings: Any, tmp_path: Any) -> World:
             image_id="sha256:" + "a" * 64,
         )
         deployments[which] = deployment_id
-        _ok(owner.call("POST", f"/apps/{app_id}/addons/postgres"), 202)
-        _ok(owner.call("POST", f"/apps/{app_id}/addons/redis", {"maxmemory_mb": 16}), 202)
         addon_id = _ok(owner.call("POST", f"/apps/{app_id}/addons/postgres"), 202)["id"]
+        _ok(owner.call("POST", f"/apps/{app_id}/addons/redis", {"maxmemory_mb": 16}), 202)
         addon = Addon.objects.get(public_id=addon_id)
         backup = AddonBackup.objects.create(
             app=addon.app, addon=addon, state=AddonBackup.State.SUCCEEDED, key_encrypted=crypto.encrypt("k")

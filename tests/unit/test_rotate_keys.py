@@ -23,6 +23,7 @@ from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import IdempotencyRecord
+from platform_apps.models import RedisAddon
 from tenants.models import ApiToken
 
 OLD = crypto.generate_key()
@@ -63,6 +64,8 @@ def seeded(owner: Actor) -> Callable[[], dict[str, dict[int, str]]]:
                     password_encrypted=crypto.encrypt(f"pw-{index}"),
                 )
                 plain.setdefault("addons", {})[addon.pk] = f"pw-{index}"
+                redis = RedisAddon.objects.create(app=app, password_encrypted=crypto.encrypt(f"rpw-{index}"))
+                plain.setdefault("redis", {})[redis.pk] = f"rpw-{index}"
             token = ApiToken.objects.filter(tenant=owner.tenant).first()
             assert token is not None
             record = IdempotencyRecord.objects.create(
@@ -87,6 +90,7 @@ def _values(keys: list[str]) -> dict[str, dict[int, str]]:
             },
             "vars": {pk: crypto.decrypt(t) for pk, t in ConfigVar.objects.values_list("pk", "value_encrypted")},
             "addons": {pk: crypto.decrypt(t) for pk, t in Addon.objects.values_list("pk", "password_encrypted")},
+            "redis": {pk: crypto.decrypt(t) for pk, t in RedisAddon.objects.values_list("pk", "password_encrypted")},
             "idempotency": {
                 pk: crypto.decrypt(t) for pk, t in IdempotencyRecord.objects.values_list("pk", "body_encrypted")
             },
@@ -125,13 +129,14 @@ def test_check_reports_per_column_and_fails_while_old_keys_are_in_use(seeded: An
     seeded()
     with override_settings(FERNET_KEYS=[NEW, OLD]):
         out = io.StringIO()
-        with pytest.raises(CommandError, match="13 value"):
+        with pytest.raises(CommandError, match="16 value"):
             call_command("rotate_keys", "--check", stdout=out)
         lines = [json.loads(line) for line in out.getvalue().splitlines()]
         assert {line["column"]: line["old_key"] for line in lines[:-1]} == {
             "platform_apps_configvar.value_encrypted": 6,
             "platform_apps_app.webhook_secret_encrypted": 3,
             "platform_apps_addon.password_encrypted": 3,
+            "platform_apps_redisaddon.password_encrypted": 3,
             "platform_apps_idempotencyrecord.body_encrypted": 1,
             "platform_apps_addonbackup.key_encrypted": 0,
         }
@@ -162,8 +167,8 @@ def test_an_interrupted_run_finishes_when_rerun_without_double_encrypting(seeded
         assert sum(crypto.uses_primary_key(t) for t in ConfigVar.objects.values_list("value_encrypted", flat=True)) == 2
         with mock.patch.object(crypto, "rotate", wraps=real_rotate) as rotate:
             lines = _run("--batch-size", "2")
-        # The rerun only rotated what was left (13 values in all, 2 done by the first run).
-        assert rotate.call_count == 11
+        # The rerun only rotated what was left (16 values in all, 2 done by the first run).
+        assert rotate.call_count == 14
     assert lines[-1]["old_key"] == 0
     # Each value is the plaintext itself under NEW, not a token of a token.
     assert _values([NEW]) == plain
@@ -196,7 +201,7 @@ def test_values_under_a_dropped_key_are_reported_not_lost(seeded: Any) -> None:
         with pytest.raises(CommandError, match="decrypt with none"):
             call_command("rotate_keys", stdout=out)
         summary = json.loads(out.getvalue().splitlines()[-1])
-    assert summary["undecryptable"] == 13
+    assert summary["undecryptable"] == 16
     # Untouched: with OLD back, everything still decrypts.
     assert _values([OLD])["addons"]
 
