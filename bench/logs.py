@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 import redis
 
+from devstack.process import group_members
 from devstack.services import Platform
 from devstack.stack import isolated_stack
 from drivers import logstore
@@ -115,6 +116,27 @@ def follow_streams(conn: Connection, base_url: str, path: str, headers: dict[str
     conn.send(received)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes used so far (those that exited meanwhile count as 0)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / ticks
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / ticks, sum(values) / ticks
+
+
 def wait_live(client: httpx.Client, deployment_id: str, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -190,7 +212,17 @@ def run(platform: Platform, lines: int, streams: int) -> dict[str, Any]:
     feeder = threading.Thread(target=trickle, daemon=True)
     feeder.start()
     time.sleep(2)
+    api_pids = group_members(platform.api.process.pid or 0)
+    watched = {"api_server": api_pids, "follow_clients": [followers.pid or 0]}
+    cpu_before = {name: cpu_seconds(pids) for name, pids in watched.items()}
+    machine_before, started = machine_cpu_seconds(), time.perf_counter()
     with_streams = latency(client)
+    elapsed = time.perf_counter() - started
+    machine_after = machine_cpu_seconds()
+    # Who used the two cores while GET /apps was measured with the streams open, in cores (1.0 = one core).
+    cores_used = {name: round((cpu_seconds(pids) - cpu_before[name]) / elapsed, 2) for name, pids in watched.items()}
+    cores_used["whole_machine"] = round((machine_after[0] - machine_before[0]) / elapsed, 2)
+    logger.info("cores used with the streams open: %s", cores_used)
     stop.set()
     feeder.join(timeout=10)
     parent.send("stop")
@@ -204,6 +236,7 @@ def run(platform: Platform, lines: int, streams: int) -> dict[str, Any]:
             f"with_{streams}_streams": with_streams,
             "streams": streams,
             "lines_received_per_stream_median": statistics.median(received) if received else 0,
+            "cores_used_with_streams": cores_used,
             "goal_p99_ms": 50,
         },
     }
