@@ -96,3 +96,21 @@ class ApiRateLimitMiddleware:
                 return f"api-token:{prefix}", int(settings.API_RATE_LIMIT_PER_TOKEN), "token"
         address = str(request.META.get("REMOTE_ADDR") or "unknown")
         return f"api-addr:{address}", int(settings.API_RATE_LIMIT_PER_ADDRESS), "address"
+
+
+class SyncChainMiddleware:
+    """Last in MIDDLEWARE, and sync only, so that under ASGI the whole chain runs in one thread.
+
+    Django runs each middleware in the mode of what it wraps: with the (async) ASGI handler at the bottom,
+    Django's own middleware and WhiteNoise ran async, each of their hooks hopping to the sync thread and back,
+    under our sync middleware above them, which hopped back again: about a dozen thread switches per request.
+    With this one at the bottom, Django adapts the handler to sync once, and everything above runs sync."""
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
