@@ -85,19 +85,38 @@ def _broker_up() -> bool:
 
 
 def _restart_in_place() -> None:
-    """Kill the pool's processes, then exec this worker again with its own command line."""
-    children = billiard.active_children()
-    for child in children:
-        child.terminate()
-    for child in children:
-        child.join(5)
-        if child.is_alive() and child.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGKILL)
+    """Kill the pool's processes, then exec this worker again with its own command line. Nothing on the way
+    may stop the exec: Celery's own threads reap the same children meanwhile (a joined child's sentinel can
+    be closed under us), so the children are handled by pid, and any error is logged and passed over."""
+    pids: list[int] = []
+    try:
+        pids = [child.pid for child in billiard.active_children() if child.pid is not None]
+    except Exception:
+        logger.warning("worker restart: could not list the pool's processes", exc_info=True)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _child_alive(pid)]
+        if pids:
+            time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
     os.execv(sys.executable, sys.orig_argv)  # noqa: S606 - this process's own interpreter and arguments
+
+
+def _child_alive(pid: int) -> bool:
+    """Whether a child of this process still runs (reaping it if it has exited)."""
+    try:
+        reaped, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False  # already reaped (by Celery's own supervision): gone
+    return reaped == 0
 
 
 class _Fatal(logging.Handler):

@@ -4,10 +4,14 @@ did not, while the broker answers."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
+import time
 from typing import Any
 from unittest import mock
 
+import billiard
 import pytest
 
 from provisioning import watchdog
@@ -93,3 +97,41 @@ def test_celerys_unrecoverable_error_restarts_the_worker_at_once(settings: Any):
         celery_worker_logger.removeHandler(handler)
         dog.stopped.set()
     assert not dog.thread.is_alive()
+
+
+class _Exec(Exception):
+    """Stands in for os.execv: the restart got as far as replacing the process."""
+
+
+def _sleeper() -> None:
+    time.sleep(60)
+
+
+def test_the_restart_kills_the_pool_and_execs_even_when_its_children_were_reaped_under_it():
+    live = billiard.Process(target=_sleeper, daemon=True)
+    gone = billiard.Process(target=_sleeper, daemon=True)
+    live.start()
+    gone.start()
+    gone.terminate()
+    gone.join(5)  # reaped by someone else first, as Celery's supervision does, which also closed its sentinel:
+    closed = mock.Mock(pid=gone.pid, join=mock.Mock(side_effect=ValueError("invalid file descriptor 17")))
+    with (
+        mock.patch.object(billiard, "active_children", return_value=[live, closed]),
+        mock.patch.object(os, "execv", autospec=True, side_effect=_Exec) as execv,
+        pytest.raises(_Exec),
+    ):
+        watchdog._restart_in_place()
+    assert execv.call_args.args[1] == sys.orig_argv
+    assert live.pid is not None
+    with pytest.raises(ProcessLookupError):  # killed, and reaped by the restart itself
+        os.kill(live.pid, 0)
+
+
+def test_the_restart_execs_even_when_the_pool_cannot_be_listed(caplog: pytest.LogCaptureFixture):
+    with (
+        mock.patch.object(billiard, "active_children", side_effect=ValueError("invalid file descriptor 17")),
+        mock.patch.object(os, "execv", autospec=True, side_effect=_Exec),
+        pytest.raises(_Exec),
+    ):
+        watchdog._restart_in_place()
+    assert "could not list the pool's processes" in caplog.text
