@@ -236,9 +236,10 @@ def phase_durations(marks: dict[str, float], posted: float) -> dict[str, float]:
     spans = {
         "post_to_worker_pickup": span(None, "building"),
         "build": span("building", "built"),
-        "network_env_secrets": span("built", "release"),
-        "release_oneoff": span("release", "starting"),
-        "start_replicas_until_http": span("starting", "answering"),
+        # The replicas are launched first, then boot while the release one-off runs (pipeline overlap).
+        "network_env_secrets": span("built", "starting"),
+        "launch_replicas": span("starting", "release"),
+        "release_and_boot_until_http": span("release", "answering"),
         "route_switch_and_live": span("routing", "live"),
     }
     return {name: round(value, 3) for name, value in spans.items() if value is not None}
