@@ -336,7 +336,7 @@ class Matcher:
 
 
 class AsyncFollower:
-    """Blocking reads of one app's stream for a follow stream, on an asyncio Redis connection of its own (a
+    """Blocking reads of one app's stream for a follow hub's tail, on an asyncio Redis connection of its own (a
     blocked XREAD holds its connection, so followers cannot share one)."""
 
     def __init__(self, url: str, key: str) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 import shutil
 import time
@@ -40,6 +39,7 @@ from drivers import podman
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import StorageUsage
+from provisioning import pipeline
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -257,24 +257,15 @@ def _rows() -> list[DeploymentRow]:
     ]
 
 
-def _dir_size(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += (Path(root) / name).lstat().st_size
-            except OSError:
-                continue
-    return total
-
-
 def _build_dirs(root: Path) -> list[BuildDir]:
     if not root.is_dir():
         return []
     entries = []
     for child in root.iterdir():
         try:
-            entries.append(BuildDir(name=child.name, size=_dir_size(child), modified_at=child.lstat().st_mtime))
+            entries.append(
+                BuildDir(name=child.name, size=pipeline.tree_size(child), modified_at=child.lstat().st_mtime)
+            )
         except OSError:
             continue
     return entries
