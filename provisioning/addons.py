@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import uuid
+from collections.abc import Iterator
 
 from core import crypto
+from core.faults import PlatformError
 from drivers import postgres
 from platform_apps.models import Addon
 from platform_apps.models import App
+from provisioning import leases as named_lease
+from provisioning.models import Lease
 
 logger = logging.getLogger(__name__)
+
+# Creating or dropping a role and its database takes seconds; a holder that dies loses it then.
+LEASE_SECONDS = 120.0
+
+
+def lease_name(addon_id: uuid.UUID) -> str:
+    return f"postgres-{addon_id.hex}"
+
+
+@contextlib.contextmanager
+def exclusive(addon: Addon) -> Iterator[None]:
+    """Hold the add-on's lease while its role and database are dropped or re-created, so a teardown and
+    the reconciler's auth repair (which re-creates both) never overlap. Held elsewhere: a transient error,
+    and the task tries again later."""
+    owner = uuid.uuid4().hex
+    name = lease_name(addon.public_id)
+    if not named_lease.lease_acquire(name, owner, LEASE_SECONDS):
+        raise PlatformError("addon.busy", "Another task is working on this database.", transient=True)
+    try:
+        yield
+    finally:
+        named_lease.lease_release(name, owner)
 
 
 def log_context(addon: Addon) -> dict[str, str]:
@@ -30,11 +58,18 @@ def deprovision(addon: Addon) -> None:
     logger.info("postgres add-on deprovisioned", extra=log_context(addon))
 
 
+def deprovision_exclusive(addon: Addon) -> None:
+    """`deprovision` under the add-on's lease (for removal; a failed provision cleans up without it)."""
+    with exclusive(addon):
+        deprovision(addon)
+    Lease.objects.filter(name=lease_name(addon.public_id)).delete()
+
+
 def addon_teardown_for_app(app: App) -> None:
     addon: Addon | None = Addon.objects.select_related("app", "app__tenant").filter(app=app).first()
     if addon is None:
         return
-    deprovision(addon)
+    deprovision_exclusive(addon)
     addon.delete()
 
 
@@ -45,11 +80,19 @@ def addons_repair_auth() -> int:
     if registered is None:
         return 0
     repaired = 0
-    for addon in Addon.objects.filter(state=Addon.State.READY).select_related("app", "app__tenant"):
+    ready = Addon.objects.filter(state=Addon.State.READY, app__state=App.State.ACTIVE)
+    for addon in ready.select_related("app", "app__tenant"):
         if addon.role_name in registered:
             continue
         try:
-            provision(addon)
+            with exclusive(addon):
+                # Right before acting: an add-on or app deletion since this pass read the rows owns it now
+                # (its teardown unregisters the role first, which is what this pass saw missing).
+                if not ready.filter(pk=addon.pk).exists():
+                    continue
+                provision(addon)
+        except PlatformError:
+            continue  # a teardown holds it
         except postgres.PostgresError as exc:
             logger.warning("postgres add-on auth entry could not be restored: %s", exc, extra=log_context(addon))
             continue

@@ -29,6 +29,7 @@ from drivers import podman
 from drivers import redis
 from platform_apps.models import App
 from platform_apps.models import RedisAddon
+from provisioning import leases as named_lease
 from provisioning.firewall import firewall_ensure_for_network
 from provisioning.models import Lease
 from provisioning.runtime import tenant_network
@@ -238,8 +239,18 @@ def deprovision(addon: RedisAddon) -> None:
 
 
 def teardown_for_app(app: App) -> None:
+    """Under the add-on's lease, so the reconciler is not starting the container again meanwhile; held
+    elsewhere, a transient error and the app's teardown tries again."""
     addon: RedisAddon | None = RedisAddon.objects.select_related("app", "app__tenant").filter(app=app).first()
     if addon is None:
         return
-    deprovision(addon)
+    owner = uuid.uuid4().hex
+    name = lease_name(addon.public_id)
+    if not named_lease.lease_acquire(name, owner, LEASE_SECONDS):
+        raise PlatformError("addon.busy", "Another task is working on this Redis.", transient=True)
+    try:
+        deprovision(addon)  # drops the lease with the rest
+    except Exception:
+        named_lease.lease_release(name, owner)
+        raise
     addon.delete()

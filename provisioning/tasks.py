@@ -47,13 +47,13 @@ from platform_apps.models import Deployment
 from platform_apps.models import RedisAddon
 from provisioning import addons
 from provisioning import backups
+from provisioning import leases as named_lease
 from provisioning import pipeline
 from provisioning import platform_backup
 from provisioning import redis_addons
 from provisioning import watchdog  # noqa: F401 - the worker's watchdog: its signal handlers and probe task
 from provisioning.firewall import firewall_sync
 from provisioning.reconciler import collector
-from provisioning.reconciler import lease as named_lease
 from provisioning.reconciler.runner import reconcile_pass
 
 logger = logging.getLogger(__name__)
@@ -587,7 +587,7 @@ def addon_deprovision(self: PlatformTask, addon_id: str) -> None:
     if addon is None or addon.state != Addon.State.DEPROVISIONING:
         return
     try:
-        addons.deprovision(addon)
+        addons.deprovision_exclusive(addon)
     except Exception as exc:
         Addon.objects.filter(pk=addon.pk).update(updated_at=timezone.now())  # not stalled: the reconciler waits
         self.retry_if_transient(exc)

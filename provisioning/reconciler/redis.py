@@ -18,8 +18,8 @@ from drivers import podman
 from drivers import redis
 from platform_apps.models import App
 from platform_apps.models import RedisAddon
+from provisioning import leases as named_lease
 from provisioning import redis_addons
-from provisioning.reconciler import lease as named_lease
 from provisioning.reconciler import planner
 from provisioning.runtime import tenant_network
 
@@ -106,8 +106,10 @@ def _restart(
     if not named_lease.lease_acquire(name, owner, redis_addons.LEASE_SECONDS):
         return  # a task is working on it
     try:
-        # Right before acting: a PATCH or DELETE since the pass read the rows owns it now.
-        if not RedisAddon.objects.filter(pk=addon.pk, state=RedisAddon.State.READY).exists():
+        # Right before acting: a PATCH or DELETE (of it or its app) since the pass read the rows owns it now.
+        if not RedisAddon.objects.filter(
+            pk=addon.pk, state=RedisAddon.State.READY, app__state=App.State.ACTIVE
+        ).exists():
             return
         reason = "vanished" if container is None else planner.exit_reason(container.exit_code, present=True)
         streak = addon.crash_streak + (0 if container is None else 1)

@@ -5,6 +5,7 @@ PostgreSQL or PgBouncer."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
@@ -20,12 +21,15 @@ from django.db import connection
 
 from conftest import Actor
 from core import crypto
+from core.faults import PlatformError
 from drivers.postgres import PgCredentials
 from drivers.postgres import PostgresError
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
+from provisioning import addons
+from provisioning import leases as named_lease
 from provisioning import tasks
 from provisioning.runtime import resolve_for_runtime
 from tests.unit.fakes import make_live
@@ -532,6 +536,109 @@ def test_create_while_deprovisioning_is_409_and_a_failed_teardown_keeps_the_row(
         attempt(tasks.addon_deprovision, body["id"], retries=0)
     # Not forgotten: the row stays, so the reconciler (or another DELETE) can finish the job.
     assert Addon.objects.get(public_id=body["id"]).state == Addon.State.DEPROVISIONING
+
+
+# --- the reconciler's auth repair and removal never overlap -----------------------------------------
+
+
+@pytest.fixture
+def auth_lost() -> Iterator[mock.MagicMock]:
+    """PgBouncer's auth_file has no tenant role in it (rewritten, or a teardown unregistered one)."""
+    with mock.patch("drivers.postgres.pgbouncer_registered_roles", autospec=True, return_value=set()) as registered:
+        yield registered
+
+
+def test_auth_repair_provisions_a_ready_addon_whose_role_pgbouncer_lost(
+    owner: Actor,
+    app: App,
+    pg: mock.MagicMock,
+    auth_lost: mock.MagicMock,
+    provision_queued: mock.MagicMock,
+    django_capture_on_commit_callbacks: Any,
+):
+    body = create(owner, app, django_capture_on_commit_callbacks)
+    provision_ready(body["id"], django_capture_on_commit_callbacks)
+    pg.provision.reset_mock()
+    assert addons.addons_repair_auth() == 1
+    pg.provision.assert_called_once_with(uuid.UUID(body["id"]), mock.ANY)
+
+
+def test_a_reconcile_pass_during_an_app_teardown_does_not_recreate_its_database(
+    owner: Actor,
+    app: App,
+    pg: mock.MagicMock,
+    auth_lost: mock.MagicMock,
+    provision_queued: mock.MagicMock,
+    django_capture_on_commit_callbacks: Any,
+):
+    body = create(owner, app, django_capture_on_commit_callbacks)
+    provision_ready(body["id"], django_capture_on_commit_callbacks)
+    pg.provision.reset_mock()
+    App.objects.filter(pk=app.pk).update(state=App.State.DELETING)
+    app.refresh_from_db()
+    repaired: list[int] = []
+    # The pass runs while the teardown is dropping the role (after PgBouncer forgot it).
+    pg.deprovision.side_effect = lambda addon_id: repaired.append(addons.addons_repair_auth())
+    addons.addon_teardown_for_app(app)
+    assert repaired == [0]
+    pg.provision.assert_not_called()
+    assert not Addon.objects.filter(app=app).exists()
+
+
+def test_a_reconcile_pass_that_read_the_addon_before_its_removal_leaves_it_alone(
+    owner: Actor,
+    app: App,
+    pg: mock.MagicMock,
+    auth_lost: mock.MagicMock,
+    provision_queued: mock.MagicMock,
+    deprovision_queued: mock.MagicMock,
+    django_capture_on_commit_callbacks: Any,
+):
+    body = create(owner, app, django_capture_on_commit_callbacks)
+    provision_ready(body["id"], django_capture_on_commit_callbacks)
+    pg.provision.reset_mock()
+    real_exclusive = addons.exclusive
+    passes: list[Addon] = []
+
+    @contextlib.contextmanager
+    def removed_meanwhile(addon: Addon) -> Iterator[None]:
+        if not passes:
+            # The pass has read the add-on as ready; the tenant's DELETE and its task finish before it acts.
+            passes.append(addon)
+            assert owner.call("DELETE", path(app)).status_code == 202
+            tasks.addon_deprovision.run(body["id"])
+        with real_exclusive(addon):
+            yield
+
+    with mock.patch("provisioning.addons.exclusive", side_effect=removed_meanwhile):
+        assert addons.addons_repair_auth() == 0
+    pg.deprovision.assert_called_once_with(uuid.UUID(body["id"]))
+    pg.provision.assert_not_called()
+
+
+def test_app_teardown_waits_while_the_repair_holds_the_addons_lease(
+    owner: Actor,
+    app: App,
+    pg: mock.MagicMock,
+    provision_queued: mock.MagicMock,
+    django_capture_on_commit_callbacks: Any,
+):
+    body = create(owner, app, django_capture_on_commit_callbacks)
+    provision_ready(body["id"], django_capture_on_commit_callbacks)
+    App.objects.filter(pk=app.pk).update(state=App.State.DELETING)
+    app.refresh_from_db()
+    name = addons.lease_name(uuid.UUID(body["id"]))
+    assert named_lease.lease_acquire(name, "reconciler", 60)
+    with pytest.raises(PlatformError) as raised:
+        addons.addon_teardown_for_app(app)
+    assert raised.value.transient
+    pg.deprovision.assert_not_called()
+    assert Addon.objects.filter(app=app).exists()  # kept, so the retried teardown finds it
+
+    named_lease.lease_release(name, "reconciler")
+    addons.addon_teardown_for_app(app)
+    pg.deprovision.assert_called_once_with(uuid.UUID(body["id"]))
+    assert not Addon.objects.filter(app=app).exists()
 
 
 # --- who may --------------------------------------------------------------------------------------

@@ -19,9 +19,9 @@ from drivers import podman
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
+from provisioning import leases as lease
 from provisioning import runtime
 from provisioning import tasks
-from provisioning.reconciler import lease
 from provisioning.reconciler import planner
 from provisioning.reconciler.runner import reconcile_pass
 from provisioning.reconciler.state import Desired

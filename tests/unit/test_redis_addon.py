@@ -28,6 +28,7 @@ from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
 from platform_apps.models import RedisAddon
+from provisioning import leases as named_lease
 from provisioning import redis_addons
 from provisioning import tasks
 from provisioning.reconciler import planner
@@ -541,8 +542,6 @@ def test_a_second_worker_finds_the_lease_held(
     provision_queued: mock.MagicMock,
     django_capture_on_commit_callbacks: Any,
 ):
-    from provisioning.reconciler import lease as named_lease
-
     body = create(owner, app, django_capture_on_commit_callbacks)
     assert named_lease.lease_acquire(redis_addons.lease_name(uuid.UUID(body["id"])), "someone", 60)
     provision_ready(body["id"], django_capture_on_commit_callbacks)
@@ -788,6 +787,34 @@ def test_reconciler_removes_a_redis_container_whose_addon_is_gone(app: App):
         result = redis_reconciler.reconcile(containers, {}, now, "test")
     remove.assert_called_once_with(stray)  # the fresh one may be a task's that has not written its row yet
     assert result.actions == {"redis_orphan_removed": 1}
+
+
+def test_app_teardown_waits_while_the_reconciler_restarts_its_redis(app: App):
+    addon = _addon(app, state=RedisAddon.State.READY, address="10.89.0.7")
+    App.objects.filter(pk=app.pk).update(state=App.State.DELETING)
+    app.refresh_from_db()
+    lease = redis_addons.lease_name(addon.public_id)
+    assert named_lease.lease_acquire(lease, "reconciler", 60)
+    with mock.patch("provisioning.redis_addons.deprovision", autospec=True) as deprovision:
+        with pytest.raises(PlatformError) as raised:
+            redis_addons.teardown_for_app(app)
+        assert raised.value.transient
+        deprovision.assert_not_called()
+        assert RedisAddon.objects.filter(pk=addon.pk).exists()  # kept for the retried teardown
+        named_lease.lease_release(lease, "reconciler")
+        redis_addons.teardown_for_app(app)
+    assert [call.args[0].public_id for call in deprovision.call_args_list] == [addon.public_id]
+    assert not RedisAddon.objects.filter(pk=addon.pk).exists()
+
+
+def test_reconciler_does_not_restart_the_redis_of_an_app_being_deleted(app: App):
+    addon = _addon(app, state=RedisAddon.State.READY, address="10.89.0.7")
+    App.objects.filter(pk=app.pk).update(state=App.State.DELETING)
+    with mock.patch("provisioning.redis_addons.start", autospec=True) as start:
+        result = redis_reconciler.reconcile({}, {}, timezone.now(), "test")
+    start.assert_not_called()
+    assert result.actions == {}
+    assert RedisAddon.objects.get(pk=addon.pk).restarts == 0
 
 
 def test_the_replica_planner_never_takes_a_redis_container_for_an_orphan():
