@@ -71,6 +71,9 @@ class AppOut(Schema):
 
     @staticmethod
     def resolve_live_deployment_id(obj: Any) -> uuid.UUID | None:
+        listed = getattr(obj, "live_public_id", None)  # lists annotate it (`selectors.list_rows`)
+        if listed is not None:
+            return cast(uuid.UUID, listed)
         return obj.live_deployment.public_id if obj.live_deployment_id else None
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Count
 from django.db.models import Exists
+from django.db.models import F
 from django.db.models import OuterRef
 from django.db.models import Q
 from django.db.models import QuerySet
@@ -29,6 +30,17 @@ def with_status(apps: QuerySet[App]) -> QuerySet[App]:
             distinct=True,
         ),
         status_deploying=Exists(Deployment.objects.filter(app=OuterRef("pk"), state__in=Deployment.ACTIVE_STATES)),
+    )
+
+
+def list_rows(apps: QuerySet[App]) -> QuerySet[App]:
+    """What `GET /apps` serialises, in one query: the status counts, and of the live deployment only its
+    public id (its row holds the build log), without the tenant's row (ordered by name, which is what
+    the default order is within one tenant)."""
+    return (
+        with_status(apps.select_related(None))
+        .annotate(live_public_id=F("live_deployment__public_id"))
+        .order_by("name", "pk")
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+import redis
 from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
@@ -143,6 +144,32 @@ def test_api_rate_limit_per_token(owner: Actor, outsider: Actor, settings: Any):
         assert Client().get("/api/v1/health").status_code == 200
         clock.time.return_value = frozen + 60
         assert owner.call("GET", "/apps").status_code == 200
+
+
+def test_api_rate_limit_on_redis_counts_in_one_window_that_expires(
+    owner: Actor, log_redis: Any, settings: Any, request: pytest.FixtureRequest
+):
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": log_redis.url,
+            "KEY_PREFIX": f"ratelimit-test-{request.node.name}",
+        }
+    }
+    settings.API_RATE_LIMIT_PER_TOKEN = 3
+    frozen = (int(time.time()) // 60) * 60 + 30
+    with mock.patch("core.ratelimit.time", autospec=True) as clock:
+        clock.time.return_value = frozen
+        answers = [owner.call("GET", "/apps").status_code for _ in range(4)]
+        assert answers == [200, 200, 200, 429]
+        clock.time.return_value = frozen + 60
+        assert owner.call("GET", "/apps").status_code == 200
+    # Each window's counter expires by itself (a little after its minute), so Redis never keeps them.
+    server = redis.Redis.from_url(log_redis.url)
+    keys = server.keys(f"ratelimit-test-{request.node.name}:*")
+    assert len(keys) == 2
+    assert all(0 < server.ttl(key) <= 65 for key in keys)
+    server.delete(*keys)
 
 
 def test_api_rate_limit_per_address_without_a_token(db: None, settings: Any):

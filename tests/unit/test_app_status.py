@@ -52,9 +52,11 @@ def test_status(owner: Actor, states: tuple[str, ...] | None, in_flight: bool, e
         _live(app, *states)
     if in_flight:
         Deployment.objects.create(app=app, number=99, state=Deployment.State.BUILDING, source_kind="image")
-    assert owner.call("GET", f"/apps/{app.public_id}").json()["status"] == expected
+    detail = owner.call("GET", f"/apps/{app.public_id}").json()
+    assert detail["status"] == expected
     (listed,) = owner.call("GET", "/apps").json()["items"]
-    assert listed["status"] == expected
+    assert listed == detail  # the list's one query reads the same as the detail's
+    assert (listed["live_deployment_id"] is None) == (states is None)
 
 
 def test_the_list_costs_the_same_queries_for_one_app_as_for_many(owner: Actor):

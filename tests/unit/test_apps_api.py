@@ -47,9 +47,37 @@ def test_pagination(owner: Actor):
     page = owner.call("GET", "/apps?limit=2&offset=1").json()
     assert page["count"] == 5
     assert [a["name"] for a in page["items"]] == ["app1", "app2"]
+    # The last page, the page past the end and a page that ends exactly at the last app count the same.
+    for query, names in (
+        ("limit=2&offset=4", ["app4"]),
+        ("limit=2&offset=9", []),
+        ("limit=5", [f"app{i}" for i in range(5)]),
+    ):
+        page = owner.call("GET", f"/apps?{query}").json()
+        assert (page["count"], [a["name"] for a in page["items"]]) == (5, names), query
     assert owner.call("GET", "/apps?limit=0").status_code == 422
     assert owner.call("GET", "/apps?limit=101").status_code == 422
     assert owner.call("GET", "/apps?offset=-1").status_code == 422
+
+
+def test_listing_apps_costs_the_same_few_queries_for_one_app_or_many(owner: Actor):
+    owner.tenant.max_apps = 30
+    owner.tenant.max_cpus = 30
+    owner.tenant.save()
+    counts = []
+    for total in (1, 25):
+        while App.objects.filter(tenant=owner.tenant).count() < total:
+            number = App.objects.filter(tenant=owner.tenant).count()
+            assert owner.call("POST", "/apps", {"name": f"app{number}"}).status_code == 201
+        with CaptureQueriesContext(connection) as queries:
+            listing = owner.call("GET", "/apps").json()
+        assert listing["count"] == total
+        assert len(listing["items"]) == min(total, 20)
+        counts.append(len(queries))
+        # Of the live deployment only its id is read: never its row, whose build log can be large.
+        assert not any('"platform_apps_deployment"."log"' in q["sql"] for q in queries.captured_queries)
+    # The token and the page; a page as long as the limit needs a COUNT as well.
+    assert counts == [counts[0], counts[0] + 1]
 
 
 def test_duplicate_name_is_409(owner: Actor):
