@@ -14,7 +14,7 @@ help:
 	@echo "make status    show what is running"
 	@echo "make test      install what is missing, then lint, type check, unit, fuzz and integration tests"
 	@echo "make fuzz      schemathesis over the OpenAPI document, in process (hermetic, about a minute)"
-	@echo "make bench     run the deploy benchmark (prints JSON)"
+	@echo "make bench     run every benchmark (deploy, routes, api) and print one JSON document with its goals"
 	@echo "make bench-reconcile  time a reconcile pass over 1,000 apps against fakes (prints JSON)"
 	@echo "make bench-routes     time route switches with 50 and 5,000 apps on the edge (prints JSON)"
 
@@ -60,7 +60,7 @@ status:
 	@$(WITH_ENV) uv run --frozen python -m devstack status
 
 bench: base-image
-	@$(WITH_ENV) uv run --frozen python -m bench.deploy
+	@$(WITH_ENV) uv run --frozen python -m bench
 
 bench-reconcile: deps
 	@$(WITH_ENV) uv run --frozen python -m bench.reconcile

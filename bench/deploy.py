@@ -13,7 +13,15 @@ a tenant and a 1-replica app, and measures in one run, on one image:
 (c) the ratio of the medians, a/b;
 (d) a rebuild with unchanged dependencies: the pipeline's build phase (from the worker log) and a bare
     `podman build` of the Containerfile the pipeline generates, against a conventional Containerfile
-    (`RUN python3 -m venv ... && pip install -r requirements.txt`) built with `--layers` and a warm cache.
+    (`RUN python3 -m venv ... && pip install -r requirements.txt`) built with `--layers` and a warm cache;
+(e) rollbacks: POST /apps/{id}/rollback to the previous deployment -> first 200 with the rollback's id, against
+    the raw `podman run` of (b);
+(f) first deploys: a new tenant's first deploy of examples/hello (cold dependency install, cold uv cache) ->
+    first 200, against the conventional way: a cold host `podman build` with pip, then a raw `podman run` of
+    it until it answers; then the memory of that idle replica's sandbox (RSS and PSS of the processes in its
+    memory cgroup, and the cgroup's usage).
+The document's `goals` list compares each figure with its reference (the issue's table); `python -m bench`
+collects it with the other benchmarks' goals.
 
 Progress goes to stderr through `logging`; the result is one JSON document on stdout. Everything the run
 creates in podman carries its own `coltsfoot.instance` label and is removed at the end (never the base image).
@@ -62,6 +70,9 @@ APP_PORT = 8000
 POLL_INTERVAL = 0.05
 DEPLOY_TIMEOUT = 600.0
 RUN_TIMEOUT = 120.0
+# How long a first-deployed replica idles before its memory is read, and the issue's goal for it.
+IDLE_SECONDS = 10
+IDLE_MEMORY_GOAL_MB = 60
 CONTAINER_PATH = "/app/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Worker-log events (their message text) that mark the pipeline's phases, in order.
@@ -194,6 +205,38 @@ def setup_logging() -> None:
     logging.getLogger("drivers.podman").setLevel(logging.WARNING)
 
 
+def sandbox_memory(container: str) -> dict[str, float]:
+    """What one replica's sandbox holds in memory: the processes of its memory cgroup (runsc's sandbox, gofer
+    and their helpers; the app itself runs inside the sandbox), summed as RSS and as PSS (shared pages split
+    between the processes sharing them), and the cgroup's own usage (page cache included)."""
+    pid = podman.run(podman.container_inspect_argv(container, "{{.State.Pid}}")).strip()
+    cgroup = ""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        hierarchy, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(",") or (hierarchy == "0" and not cgroup):
+            cgroup = path
+    v1 = Path("/sys/fs/cgroup/memory") / cgroup.lstrip("/")
+    root = v1 if v1.is_dir() else Path("/sys/fs/cgroup") / cgroup.lstrip("/")
+    pids = [int(line) for line in (root / "cgroup.procs").read_text().split()]
+    rss_kb = pss_kb = 0
+    for member in pids:
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss_kb += int(line.split()[1])
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss_kb += int(line.split()[1])
+    usage = root / ("memory.usage_in_bytes" if v1.is_dir() else "memory.current")
+    usage_bytes = int(usage.read_text()) if usage.is_file() else 0
+    return {
+        "rss_mb": round(rss_kb / 1024, 1),
+        "pss_mb": round(pss_kb / 1024, 1),
+        "cgroup_usage_mb": round(usage_bytes / 1024 / 1024, 1),
+        "processes": float(len(pids)),
+    }
+
+
 # --- worker log --------------------------------------------------------------------------------------
 
 
@@ -260,6 +303,10 @@ class Results:
     raw_build_s: list[float] = field(default_factory=list)
     platform_podman_build_changed_src_s: list[float] = field(default_factory=list)
     raw_build_changed_src_s: list[float] = field(default_factory=list)
+    rollback_s: list[float] = field(default_factory=list)
+    first_deploy_s: list[float] = field(default_factory=list)
+    conventional_first_s: list[float] = field(default_factory=list)
+    idle_memory: list[dict[str, float]] = field(default_factory=list)
     warmup: dict[str, Any] = field(default_factory=dict)
     uncached_steps: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -272,6 +319,15 @@ class Results:
             phase_medians[name] = median_or_none([p[name] for p in self.deploy_phases if name in p])
         return {
             "machine": {**self.machine, "loadavg_at_end": os.getloadavg()},
+            "goals": self.goals(),
+            "first_deploy_to_edge_200_s": summary(self.first_deploy_s),
+            "conventional_first_build_and_run_to_200_s": summary(self.conventional_first_s),
+            "rollback_to_edge_200_s": summary(self.rollback_s),
+            "idle_replica_memory_mb": {
+                key: summary([sample[key] for sample in self.idle_memory])
+                for key in ("rss_mb", "pss_mb", "cgroup_usage_mb", "processes")
+                if self.idle_memory
+            },
             "deploy_cached_image_to_edge_200_s": summary(self.deploy_s),
             "raw_podman_run_to_200_s": summary(self.raw_run_s),
             "ratio_median": round(deploy_median / raw_median, 2) if deploy_median and raw_median else None,
@@ -291,6 +347,47 @@ class Results:
             },
             "notes": self.notes,
         }
+
+    def goals(self) -> list[dict[str, Any]]:
+        def ratio_goal(figure: str, value: list[float], reference: list[float], limit: float) -> dict[str, Any]:
+            mine, theirs = median_or_none(value), median_or_none(reference)
+            ratio = round(mine / theirs, 2) if mine and theirs else None
+            return {
+                "figure": figure,
+                "value": mine,
+                "reference": theirs,
+                "ratio": ratio,
+                "goal": f"<= {limit:.2f}x",
+                "met": ratio is not None and ratio <= limit,
+            }
+
+        rss = median_or_none([sample["rss_mb"] for sample in self.idle_memory])
+        return [
+            ratio_goal(
+                "first deploy of examples/hello, POST -> first 200 (s), against a conventional host build with pip "
+                "+ run",
+                self.first_deploy_s,
+                self.conventional_first_s,
+                1.0,
+            ),
+            ratio_goal(
+                "code-only redeploy, POST -> first 200 with the new id (s), against a raw podman run",
+                self.deploy_s,
+                self.raw_run_s,
+                1.15,
+            ),
+            ratio_goal(
+                "rollback, POST -> first 200 (s), against a raw podman run", self.rollback_s, self.raw_run_s, 1.10
+            ),
+            {
+                "figure": "memory of one idle examples/hello replica, sandbox RSS (MB)",
+                "value": rss,
+                "reference": None,
+                "ratio": None,
+                "goal": f"<= {IDLE_MEMORY_GOAL_MB} MB",
+                "met": rss is not None and rss <= IDLE_MEMORY_GOAL_MB,
+            },
+        ]
 
 
 class Bench:
@@ -324,17 +421,32 @@ class Bench:
     def _limits(self) -> tuple[int, float]:
         return int(self.app["memory_mb"]), float(self.app["cpus"])
 
-    def deploy(self, archive: bytes) -> tuple[float, float, dict[str, Any]]:
+    def deploy(
+        self, archive: bytes, *, app: dict[str, Any] | None = None, client: httpx.Client | None = None
+    ) -> tuple[float, float, dict[str, Any]]:
         """POST the archive and poll the edge until it answers 200 with the new deployment's id.
         Returns (seconds to that 200, wall-clock time of the POST, the final deployment)."""
+        app = app or self.app
+        client = client or self.client
         posted_wall = time.time()
         started = time.monotonic()
-        response = self.client.post(
-            f"/apps/{self.app['id']}/deployments",
-            files={"source": ("source.tar.gz", archive, "application/gzip")},
+        response = client.post(
+            f"/apps/{app['id']}/deployments", files={"source": ("source.tar.gz", archive, "application/gzip")}
         )
+        return self._until_served(response, started, posted_wall, app, client)
+
+    def rollback(self, target_id: str) -> tuple[float, float, dict[str, Any]]:
+        """POST a rollback to `target_id` and poll the edge until the new (rollback) deployment answers."""
+        posted_wall = time.time()
+        started = time.monotonic()
+        response = self.client.post(f"/apps/{self.app['id']}/rollback", json={"deployment_id": target_id})
+        return self._until_served(response, started, posted_wall, self.app, self.client)
+
+    def _until_served(
+        self, response: httpx.Response, started: float, posted_wall: float, app: dict[str, Any], client: httpx.Client
+    ) -> tuple[float, float, dict[str, Any]]:
         if response.status_code != 202:
-            raise RuntimeError(f"POST deployments answered {response.status_code}: {response.text[:500]}")
+            raise RuntimeError(f"POST answered {response.status_code}: {response.text[:500]}")
         deployment_id = response.json()["id"]
         next_state_check = started + 1.0
         while True:
@@ -342,40 +454,41 @@ class Bench:
             if now - started > DEPLOY_TIMEOUT:
                 raise TimeoutError(f"deployment {deployment_id} not served within {DEPLOY_TIMEOUT:.0f}s")
             with contextlib.suppress(httpx.HTTPError):
-                page = self.platform.edge_get(self.app["url"], timeout=2.0)
+                page = self.platform.edge_get(app["url"], timeout=2.0)
                 if page.status_code == 200 and deployment_id in page.text:
                     break
             if now >= next_state_check:
                 next_state_check = now + 1.0
-                state = self.client.get(f"/deployments/{deployment_id}").json()
+                state = client.get(f"/deployments/{deployment_id}").json()
                 if state["state"] in {"failed", "superseded"}:
-                    log = self.client.get(f"/deployments/{deployment_id}/log").text
+                    log = client.get(f"/deployments/{deployment_id}/log").text
                     raise RuntimeError(f"deployment {deployment_id} ended {state['state']}: {state}\n{log[-3000:]}")
             time.sleep(POLL_INTERVAL)
         elapsed = time.monotonic() - started
         self.deployments_done += 1
-        final = self._settle(deployment_id)
+        final = self._settle(deployment_id, app, client)
         return elapsed, posted_wall, final
 
-    def _settle(self, deployment_id: str) -> dict[str, Any]:
+    def _settle(self, deployment_id: str, app: dict[str, Any], client: httpx.Client) -> dict[str, Any]:
         """Wait until the worker has finished the deployment entirely (live, previous replicas retired, task
         done), so the next measurement starts from a quiet platform."""
 
         def live() -> bool:
-            return bool(self.client.get(f"/deployments/{deployment_id}").json()["state"] == "live")
+            return bool(client.get(f"/deployments/{deployment_id}").json()["state"] == "live")
 
         def task_done() -> bool:
             log = self.platform.worker.read_log()
             return len(TASK_SUCCEEDED_RE.findall(log)) >= self.deployments_done
 
         def one_replica() -> bool:
-            return len(podman.containers_with_label("coltsfoot.app", self.app["id"])) == int(self.app["replicas"])
+            return len(podman.containers_with_label("coltsfoot.app", app["id"])) == int(app["replicas"])
 
         wait_for(live, timeout=DEPLOY_TIMEOUT, interval=0.2, what=f"deployment {deployment_id} to be live")
         wait_for(task_done, timeout=120, interval=0.2, what="the deployment task to finish")
         wait_for(one_replica, timeout=120, interval=0.2, what="the previous replicas to be retired")
-        deployment: dict[str, Any] = self.client.get(f"/deployments/{deployment_id}").json()
-        self.last_deployment = deployment
+        deployment: dict[str, Any] = client.get(f"/deployments/{deployment_id}").json()
+        if app is self.app:
+            self.last_deployment = deployment
         return deployment
 
     def measure_deploys(self) -> None:
@@ -414,60 +527,79 @@ class Bench:
 
     # -- (b) raw podman run of the same image ------------------------------------------------------
 
-    def measure_raw_runs(self) -> None:
-        image = str(self.last_deployment["image"])
-        replica = podman.containers_with_label("coltsfoot.deployment", str(self.last_deployment["id"]))[0]
+    def replica_user(self, deployment_id: str) -> tuple[int, int]:
+        """The uid:gid the platform runs this deployment's replica as (the tenant's)."""
+        replica = podman.containers_with_label("coltsfoot.deployment", deployment_id)[0]
         user = podman.run(podman.container_inspect_argv(replica, "{{.Config.User}}")).strip()
         uid, _, gid = user.partition(":")
-        network = f"cf-bench-{self.token}"
-        podman.network_ensure(network, {INSTANCE_LABEL: self.instance_id})
-        web = buildpack.parse_procfile(self.source["Procfile"].decode())["web"]
-        memory_mb, cpus = self._limits()
+        return int(uid), int(gid or uid)
+
+    def raw_run(self, image: str, name: str, user: tuple[int, int]) -> tuple[float, float]:
+        """`podman run --detach` of `image` with the platform's runsc and hardening flags, as a replica of the
+        bench app would run -> (seconds until it answers 200, seconds until `podman run` returned)."""
         from provisioning import pipeline  # needs the app registry, which configure_django has set up
 
-        def spec(name: str) -> podman.ContainerSpec:
-            return podman.ContainerSpec(
-                name=name,
-                image=image,
-                network=network,
-                uid=int(uid),
-                gid=int(gid or uid),
-                memory_mb=memory_mb,
-                cpus=cpus,
-                pids_limit=pipeline.PIDS_LIMIT,
-                env={
-                    "PORT": str(APP_PORT),
-                    "HOME": "/tmp",  # noqa: S108 - the sandbox's own tmpfs
-                    "COLTSFOOT_APP_NAME": str(self.app["name"]),
-                    "COLTSFOOT_DEPLOYMENT_ID": str(self.last_deployment["id"]),
-                },
-                secret_env={},
-                command=web,
-                labels={INSTANCE_LABEL: self.instance_id, "coltsfoot.role": "bench"},
-                workdir="/app/src",
-                shell_path="/bin/bash",
-            )
+        network = f"cf-bench-{self.token}"
+        podman.network_ensure(network, {INSTANCE_LABEL: self.instance_id})
+        memory_mb, cpus = self._limits()
+        spec = podman.ContainerSpec(
+            name=name,
+            image=image,
+            network=network,
+            uid=user[0],
+            gid=user[1],
+            memory_mb=memory_mb,
+            cpus=cpus,
+            pids_limit=pipeline.PIDS_LIMIT,
+            env={
+                "PORT": str(APP_PORT),
+                "HOME": "/tmp",  # noqa: S108 - the sandbox's own tmpfs
+                "COLTSFOOT_APP_NAME": str(self.app["name"]),
+                "COLTSFOOT_DEPLOYMENT_ID": str(self.last_deployment["id"]),
+            },
+            secret_env={},
+            command=buildpack.parse_procfile(self.source["Procfile"].decode())["web"],
+            labels={INSTANCE_LABEL: self.instance_id, "coltsfoot.role": "bench"},
+            workdir="/app/src",
+            shell_path="/bin/bash",
+        )
+        try:
+            started = time.monotonic()
+            podman.run(podman.run_detached_argv(spec))
+            returned = time.monotonic() - started
+            address = podman.container_address(name, network)
+            if not address:
+                raise RuntimeError(f"container {name} has no address on {network}")
+            elapsed = self._poll_http(f"http://{address}:{APP_PORT}/", started, name)
+        finally:
+            podman.container_remove(name)
+        return elapsed, returned
 
-        logger.info("raw podman run of %s as %s on %s (one unmeasured warm-up run first)", image, user, network)
+    def measure_raw_runs(self) -> None:
+        image = str(self.last_deployment["image"])
+        user = self.replica_user(str(self.last_deployment["id"]))
+        logger.info("raw podman run of %s as %s (one unmeasured warm-up run first)", image, user)
         for index in range(self.runs + 1):
-            name = f"cf-bench-{self.token}-run-{index}"
-            argv = podman.run_detached_argv(spec(name))
-            try:
-                started = time.monotonic()
-                podman.run(argv)
-                returned = time.monotonic() - started
-                address = podman.container_address(name, network)
-                if not address:
-                    raise RuntimeError(f"container {name} has no address on {network}")
-                elapsed = self._poll_http(f"http://{address}:{APP_PORT}/", started, name)
-            finally:
-                podman.container_remove(name)
+            elapsed, returned = self.raw_run(image, f"cf-bench-{self.token}-run-{index}", user)
             if index == 0:
                 self.results.warmup["raw_podman_run_first_on_new_network_s"] = round(elapsed, 3)
                 continue
             self.results.raw_run_s.append(elapsed)
             self.results.raw_run_returned_s.append(returned)
             logger.info("raw run %d/%d: podman run -> 200 in %.2fs", index, self.runs, elapsed)
+
+    # -- (e) rollbacks ------------------------------------------------------------------------------
+
+    def measure_rollbacks(self) -> None:
+        """Roll back to the previous deployment and forward again, alternately: each rollback reuses an image
+        that exists, so it starts replicas and switches the route without building."""
+        for index in range(self.runs):
+            recent = self.client.get(f"/apps/{self.app['id']}/deployments?limit=5").json()["items"]
+            live = str(self.last_deployment["id"])
+            target = next(d["id"] for d in recent if d["id"] != live and d["state"] == "superseded")
+            elapsed, _posted, _deployment = self.rollback(target)
+            self.results.rollback_s.append(elapsed)
+            logger.info("rollback %d/%d to %s: POST -> edge 200 in %.2fs", index + 1, self.runs, target, elapsed)
 
     def _poll_http(self, url: str, started: float, name: str) -> float:
         with httpx.Client(timeout=2.0, trust_env=False) as http:
@@ -496,9 +628,6 @@ class Bench:
             raise RuntimeError(f"the platform's dependency image {deps_image} is missing")
         platform_cf = self.workdir / "Containerfile.platform"
         platform_cf.write_text(buildpack.containerfile(deps_image))
-        raw_cf = self.workdir / "Containerfile.conventional"
-        raw_cf.write_text(conventional_containerfile(base_image))
-        ca_bundle = str(settings.BUILD_CA_BUNDLE)
 
         def platform_build(tag: str, files: dict[str, bytes], series: str) -> float:
             context = self.new_context(files)
@@ -517,19 +646,7 @@ class Bench:
             self.results.uncached_steps.setdefault(series, []).append(uncached_steps(output))
             return elapsed
 
-        def raw_build(tag: str, files: dict[str, bytes], series: str) -> float:
-            context = self.new_context(files)
-            argv = ["build", "--isolation=chroot", "--layers", "--pull=never", "--network=host"]
-            if ca_bundle and Path(ca_bundle).is_file():
-                argv += ["--volume", f"{ca_bundle}:/etc/ssl/certs/ca-certificates.crt:ro"]
-            argv += ["--label", f"{INSTANCE_LABEL}={self.instance_id}", "--file", str(raw_cf), "--tag", tag]
-            argv.append(str(context))
-            started = time.monotonic()
-            output = podman.run(argv, timeout=900)
-            elapsed = time.monotonic() - started
-            self.images_to_remove.append(tag)
-            self.results.uncached_steps.setdefault(series, []).append(uncached_steps(output))
-            return elapsed
+        raw_build = self.conventional_build
 
         logger.info("conventional build, cold (pip install under --isolation=chroot): warm-up, not measured")
         cold = raw_build(f"localhost/coltsfoot-bench-raw:{self.token}-cold", source, "raw_cold")
@@ -555,6 +672,68 @@ class Bench:
             raw = raw_build(f"localhost/coltsfoot-bench-raw:{self.token}-edit-{index}", changed, "raw_edit")
             self.results.raw_build_changed_src_s.append(raw)
             logger.info("build %d/%d, edited app.py: platform %.2fs, raw %.2fs", index, self.runs, elapsed, raw)
+
+    def conventional_build(self, tag: str, files: dict[str, bytes], series: str) -> float:
+        """`podman build` on the host (chroot isolation, pip, the layer cache) of the conventional Containerfile."""
+        from django.conf import settings
+
+        raw_cf = self.workdir / "Containerfile.conventional"
+        if not raw_cf.exists():
+            raw_cf.write_text(conventional_containerfile(str(settings.BASE_IMAGE)))
+        ca_bundle = str(settings.BUILD_CA_BUNDLE)
+        context = self.new_context(files)
+        argv = ["build", "--isolation=chroot", "--layers", "--pull=never", "--network=host"]
+        if ca_bundle and Path(ca_bundle).is_file():
+            argv += ["--volume", f"{ca_bundle}:/etc/ssl/certs/ca-certificates.crt:ro"]
+        argv += ["--label", f"{INSTANCE_LABEL}={self.instance_id}", "--file", str(raw_cf), "--tag", tag]
+        argv.append(str(context))
+        started = time.monotonic()
+        output = podman.run(argv, timeout=900)
+        elapsed = time.monotonic() - started
+        self.images_to_remove.append(tag)
+        self.results.uncached_steps.setdefault(series, []).append(uncached_steps(output))
+        return elapsed
+
+    # -- (f) first deploys, and the memory of an idle replica ------------------------------------------
+
+    def measure_first_deploys(self) -> None:
+        """Each run is a tenant's first deploy of examples/hello (a new tenant, so its uv cache is cold, and a
+        requirements.txt of its own, so no dependency image exists), interleaved with the conventional way: a
+        cold `podman build` on the host with pip (no cached layer either), then a raw `podman run` of that image
+        under gVisor until it answers. After each first deploy its replica idles, and its memory is read."""
+        for index in range(1, self.runs + 1):
+            token = f"{self.token}-first-{index}"
+            source = bench_source(token)
+            tenant = self.platform.create_tenant(f"bench{secrets.token_hex(4)}")
+            client = self.platform.client(tenant["token"])
+            response = client.post("/apps", json={"name": "hello", "replicas": 1})
+            response.raise_for_status()
+            app = response.json()
+            elapsed, _posted, deployment = self.deploy(tar_gz(source), app=app, client=client)
+            log = client.get(f"/deployments/{deployment['id']}/log").text
+            if "Installing dependencies" not in log:
+                self.results.notes.append(f"first deploy {index} did not install dependencies; not counted")
+            else:
+                self.results.first_deploy_s.append(elapsed)
+            user = self.replica_user(str(deployment["id"]))
+            tag = f"localhost/coltsfoot-bench-raw:{token}"
+            build = self.conventional_build(tag, source, "raw_first")
+            run, _returned = self.raw_run(tag, f"cf-bench-{token}", user)
+            self.results.conventional_first_s.append(build + run)
+            logger.info(
+                "first deploy %d/%d: platform %.2fs, conventional build %.2fs + run %.2fs",
+                index,
+                self.runs,
+                elapsed,
+                build,
+                run,
+            )
+            time.sleep(IDLE_SECONDS)
+            (replica,) = podman.containers_with_label("coltsfoot.deployment", str(deployment["id"]))
+            memory = sandbox_memory(replica)
+            self.results.idle_memory.append(memory)
+            logger.info("idle replica after %ds: %s", IDLE_SECONDS, memory)
+            client.delete(f"/apps/{app['id']}").raise_for_status()
 
     def new_context(self, files: dict[str, bytes]) -> Path:
         self.contexts += 1
@@ -631,6 +810,18 @@ def static_notes(runs: int) -> list[str]:
         "from its layer cache (podman 4.3 turns every `--label` flag into a LABEL step of its own, each committed "
         "as an intermediate image under --layers: the platform's generated Containerfile has 5 steps plus its 5 "
         "labels; the conventional one 8 steps plus 1 label).",
+        "rollback_to_edge_200_s: POST /apps/{id}/rollback to the newest superseded deployment (its image exists, "
+        "so nothing builds) until the edge answers 200 with the rollback's id; each rollback also runs the "
+        "Procfile's `release:`. Its reference is raw_podman_run_to_200_s.",
+        "first_deploy_to_edge_200_s: each run creates a tenant (so its uv cache is cold) and an app, and POSTs "
+        "examples/hello with a requirements.txt of its own (so no dependency image exists): dependencies are "
+        "installed with uv inside the gVisor build sandbox. conventional_first_build_and_run_to_200_s is, in the "
+        "same run, a cold `podman build --isolation=chroot` of the conventional Containerfile (pip, no cached "
+        "layer) plus a raw `podman run` of the result until it answers 200.",
+        f"idle_replica_memory_mb: {IDLE_SECONDS} s after each first deploy went live, the processes of its "
+        "replica's memory cgroup (runsc's sandbox and gofer; the app runs inside the sandbox): RSS summed (shared "
+        "pages counted in each process), PSS summed (shared pages split), and the cgroup's usage (page cache "
+        "included). The goal reads the RSS sum.",
         "Builds of the two kinds are interleaved so background load hits both alike. Other jobs may share this "
         "machine: see loadavg_at_start/loadavg_at_end.",
     ]
@@ -669,6 +860,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.setup_tenant_and_app()
                 bench.measure_deploys()
                 bench.measure_raw_runs()
+                bench.measure_rollbacks()
+                bench.measure_first_deploys()
                 bench.measure_builds()
             except BaseException as exc:
                 failure = exc
