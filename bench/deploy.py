@@ -627,20 +627,23 @@ class Bench:
         if not podman.image_exists(deps_image):
             raise RuntimeError(f"the platform's dependency image {deps_image} is missing")
         platform_cf = self.workdir / "Containerfile.platform"
-        platform_cf.write_text(buildpack.containerfile(deps_image))
 
         def platform_build(tag: str, files: dict[str, bytes], series: str) -> float:
             context = self.new_context(files)
-            # The pipeline's five labels (provisioning.pipeline.labels_for), one of them new per deployment.
+            # As the pipeline builds (provisioning.pipeline.build): its labels (labels_for, one of them new per
+            # deployment, and the dependency image's) in one LABEL line, and no intermediate layers.
             labels = {
                 INSTANCE_LABEL: self.instance_id,
                 "coltsfoot.tenant": self.tenant_id,
                 "coltsfoot.app": str(self.app["id"]),
                 "coltsfoot.deployment": str(uuid.uuid4()),
                 "coltsfoot.role": "image",
+                pipeline.DEPS_LABEL: deps_image,
             }
+            label_line = "LABEL " + " ".join(f"{key}={value}" for key, value in sorted(labels.items()))
+            platform_cf.write_text(buildpack.containerfile(deps_image) + label_line + "\n")
             started = time.monotonic()
-            output = podman.run(podman.build_argv(str(context), str(platform_cf), tag, labels=labels), timeout=900)
+            output = podman.run(podman.build_argv(str(context), str(platform_cf), tag, layers=False), timeout=900)
             elapsed = time.monotonic() - started
             self.images_to_remove.append(tag)
             self.results.uncached_steps.setdefault(series, []).append(uncached_steps(output))
@@ -800,16 +803,18 @@ def static_notes(runs: int) -> list[str]:
         "rebuild_unchanged_deps_platform_s is the pipeline's build phase from the worker log (state building "
         "-> starting: detect, image checks, the dependency key, `podman build` of the generated RUN-less "
         "Containerfile, image inspect). details.rebuild_unchanged_deps_platform_podman_build_only_s is that "
-        "`podman build` alone (drivers.podman.build_argv, a per-deployment label, a fresh context).",
+        "`podman build` alone (drivers.podman.build_argv with layers=False, as the pipeline runs it, with a "
+        "per-deployment label and a fresh context).",
         "raw_podman_build_unchanged_deps_s: `podman build --isolation=chroot --layers --network=host` with the CA "
         "bundle mounted, of a conventional Containerfile (FROM base, COPY requirements.txt, RUN venv + pip "
         "install, COPY . .) after one unmeasured cold build, so the dependency layer is cached. Each build gets "
         "a freshly written context with the same bytes, as an unpacked upload or a new checkout would; the "
         "`*_changed_source_*` series edit app.py each run, so the source COPY layer cannot be reused.",
         "details.build_steps_not_from_cache lists, per build, the steps podman executed instead of taking them "
-        "from its layer cache (podman 4.3 turns every `--label` flag into a LABEL step of its own, each committed "
-        "as an intermediate image under --layers: the platform's generated Containerfile has 5 steps plus its 5 "
-        "labels; the conventional one 8 steps plus 1 label).",
+        "from its layer cache (podman 4.3 turns every `--label` flag into a LABEL step of its own). The platform's "
+        "generated Containerfile has 6 steps, its labels in one LABEL line, built with --layers=false (one commit "
+        "at the end: nothing after the source COPY could come from a cache); the conventional one has 8 steps plus "
+        "1 label, built with --layers.",
         "rollback_to_edge_200_s: POST /apps/{id}/rollback to the newest superseded deployment (its image exists, "
         "so nothing builds) until the edge answers 200 with the rollback's id; each rollback also runs the "
         "Procfile's `release:`. Its reference is raw_podman_run_to_200_s.",

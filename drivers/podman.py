@@ -418,17 +418,22 @@ def build_argv(
     tag: str,
     *,
     labels: Mapping[str, str] | None = None,
+    layers: bool = True,
 ) -> list[str]:
     """Tenant Containerfiles only copy files (dependencies were installed in a sandbox), so the
     build needs no registry. (`--network=none` would be the natural companion, but podman 4.3
-    refuses any --network but host with --isolation=chroot; with no RUN step it is moot.)"""
+    refuses any --network but host with --isolation=chroot; with no RUN step it is moot.)
+
+    `layers=False` commits the image once at the end instead of once per instruction: for an app
+    image, whose first step copies a new source every time, nothing after it could come from the
+    cache anyway (measured: 1.0 s instead of 1.9 s for the app image's five steps)."""
     _check_path(context_dir)
     _check_path(containerfile)
     _check_ref(tag)
     return [
         "build",
         "--isolation=chroot",
-        "--layers",
+        "--layers" if layers else "--layers=false",
         "--pull=never",
         "--http-proxy=false",
         "--file",
@@ -948,11 +953,12 @@ def image_build(
     tag: str,
     *,
     labels: Mapping[str, str] | None = None,
+    layers: bool = True,
     timeout: float | None = None,
 ) -> str:
     """Build and return the build output (for the deployment's build log)."""
     effective_timeout = settings.BUILD_TIMEOUT_SECONDS if timeout is None else timeout
-    return run(build_argv(context_dir, containerfile, tag, labels=labels), timeout=effective_timeout)
+    return run(build_argv(context_dir, containerfile, tag, labels=labels, layers=layers), timeout=effective_timeout)
 
 
 def image_commit(container: str, tag: str, *, changes: Sequence[str] = (), timeout: float | None = None) -> str:

@@ -541,7 +541,7 @@ def _image_build(deployment: Deployment, src: Path, containerfile: Path, image_r
     That is the tenant's error, with a code of its own, and the defective dependency image goes so
     the next deploy installs afresh. A full disk is ours (and may clear up): a transient platform error."""
     try:
-        return podman.image_build(str(src), str(containerfile), image_ref)
+        return podman.image_build(str(src), str(containerfile), image_ref, layers=False)
     except podman.PodmanError as exc:
         detail = exc.stderr.lower()
         if exc.transient or any(pattern in detail for pattern in _DISK_FULL_PATTERNS):

@@ -173,6 +173,7 @@ class FakePodman:
         tag: str,
         *,
         labels: Any = None,
+        layers: bool = True,
         timeout: float | None = None,
     ) -> str:
         self._maybe_fail("image_build", tag)

@@ -253,6 +253,21 @@ def test_spec_rejects_hostile_values(overrides):
                 "/b/ctx",
             ],
         ),
+        (
+            podman.build_argv("/b/ctx", "/b/Containerfile", "localhost/app:4", layers=False),
+            [
+                "build",
+                "--isolation=chroot",
+                "--layers=false",
+                "--pull=never",
+                "--http-proxy=false",
+                "--file",
+                "/b/Containerfile",
+                "--tag",
+                "localhost/app:4",
+                "/b/ctx",
+            ],
+        ),
         (podman.commit_argv("c1", "localhost/deps:3"), ["commit", "--quiet", "c1", "localhost/deps:3"]),
         (
             podman.commit_argv("c1", "localhost/deps:3", ['CMD ["/bin/true"]']),
