@@ -118,6 +118,10 @@ class TunedApiServer(ApiServer):
         return [*super().argv(), *self.config.extra]
 
 
+# ApiServer's own configuration (the goals come from it), then the alternative the run measures beside it.
+DEFAULT_CONFIGS = [TunedApiServer.config, ServerConfig(f"w{ApiServer.workers + 1}", ApiServer.workers + 1)]
+
+
 class BareNinjaServer(TunedApiServer):
     """The same granian command line as the API's (ApiServer.argv with the config's flags), serving
     `bench.bare_ninja:application` on a port of its own instead of `config.asgi:application`."""
@@ -462,6 +466,10 @@ def median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
     medians: dict[str, Any] = {
         key: round(statistics.median(r[key] for r in results if r[key] is not None), 2) for key in keys
     }
+    # What bounds the throughput of a CPU-bound server: its CPU time per request (cores used x 1000 / requests/s).
+    medians["server_cpu_ms_per_request"] = round(
+        statistics.median(r["cores"]["server"] * 1000 / r["rps"] for r in results if r["rps"]), 1
+    )
     medians["non_2xx"] = sum(r["non_2xx"] for r in results)
     medians["cores"] = {
         key: round(statistics.median(r["cores"][key] for r in results), 2) for key in results[0]["cores"]
@@ -560,11 +568,11 @@ def run_bench(
     configs: list[ServerConfig] | None = None,
     writers: int = 8,
     writer_seconds: float = 60.0,
-    paced_rps: float = 100.0,
+    paced_rps: float = 20.0,
 ) -> dict[str, Any]:
     """The whole benchmark; returns the JSON document (with "error" if it failed part way). The first config is
     the one the goals are taken from (by default ApiServer's own)."""
-    configs = configs or [TunedApiServer.config]
+    configs = configs or DEFAULT_CONFIGS
     result: dict[str, Any] = {"machine": machine_info(), "notes": notes(clients, writers, writer_seconds)}
     tmp = Path(tempfile.mkdtemp(prefix="coltsfoot-bench-api-"))
     stack, platform, api = api_stack(tmp, f"bench-{os.getpid()}-{secrets.token_hex(4)}")
@@ -610,12 +618,13 @@ def main(argv: list[str] | None = None) -> int:
         "--configs",
         type=lambda text: [parse_config(part) for part in text.split(",")],
         default=None,
-        help="granian configs, the first giving the goals (default: ApiServer's own, e.g. w2); e.g. w2,w1,w2-bp16",
+        help="granian configs, the first giving the goals (default: ApiServer's own, then one more worker); "
+        "e.g. w2,w1,w3-rt2",
     )
     parser.add_argument("--writers", type=int, default=8, help="SQLite writer clients (0: skip the check)")
     parser.add_argument("--writer-seconds", type=float, default=60.0)
     parser.add_argument(
-        "--paced-rps", type=float, default=100.0, help="also GET/POST paced at this total rate (0: closed loop only)"
+        "--paced-rps", type=float, default=20.0, help="also GET/POST paced at this total rate (0: closed loop only)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
