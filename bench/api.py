@@ -494,6 +494,9 @@ def goals(default: dict[str, Any], writers: dict[str, Any] | None) -> list[dict[
                 "ratio": None,
                 "goal": f"< {GOAL_P99_MS:.0f} ms",
                 "met": value < GOAL_P99_MS,
+                # Not the goal's reference (it has none): what the same server gives a trivial endpoint at 50 clients.
+                "bare_ninja_p99_ms": median["bare_ninja"]["p99_ms"],
+                "paced_p99_ms": median.get(f"{name}_paced", {}).get("p99_ms"),
             }
         )
     ratio = default["throughput_ratio_get_apps_vs_bare"]
@@ -514,7 +517,10 @@ def goals(default: dict[str, Any], writers: dict[str, Any] | None) -> list[dict[
             "figure": "SQLite: 'database is locked' errors with 8 writers for 60 s",
             "value": locked,
             "unit": "errors",
-            "reference": None if writers is None else writers["requests"],
+            "reference": None,
+            "writes_answered": None if writers is None else writers["requests"],
+            "non_2xx": None if writers is None else writers["non_2xx"],
+            "writers_and_seconds": None if writers is None else [writers["writers"], writers["seconds"]],
             "ratio": None,
             "goal": "0",
             "met": locked == 0,
