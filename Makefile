@@ -6,7 +6,7 @@ SHELL := /bin/bash
 WITH_ENV := source scripts/env.sh &&
 PYTEST_WORKERS ?= 2
 
-.PHONY: help bootstrap deps base-image lint typecheck unit fuzz integration test up down status logs bench bench-reconcile bench-routes
+.PHONY: help bootstrap deps base-image lint typecheck unit fuzz integration test up down status logs bench bench-reconcile bench-routes bench-api
 
 help:
 	@echo "make up        start the platform (Redis, Caddy, PostgreSQL, PgBouncer, Celery, API) and deploy examples/hello"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench     run every benchmark (deploy, routes, api) and print one JSON document with its goals"
 	@echo "make bench-reconcile  time a reconcile pass over 1,000 apps against fakes (prints JSON)"
 	@echo "make bench-routes     time route switches with 50 and 5,000 apps on the edge (prints JSON)"
+	@echo "make bench-api        API latency/throughput at 50 clients vs a bare Ninja endpoint, 8 SQLite writers (JSON)"
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -67,3 +68,6 @@ bench-reconcile: deps
 
 bench-routes: deps
 	@$(WITH_ENV) uv run --frozen python -m bench.routes
+
+bench-api: deps
+	@$(WITH_ENV) uv run --frozen python -m bench.api
