@@ -357,6 +357,11 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": f"coltsfoot-{INSTANCE_ID}",
-        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        # One pool per process (core.redispool): under ASGI Django makes a cache backend per request.
+        "OPTIONS": {
+            "socket_connect_timeout": 2,
+            "socket_timeout": 2,
+            "pool_class": "core.redispool.SharedConnectionPool",
+        },
     }
 }

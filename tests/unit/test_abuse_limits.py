@@ -11,6 +11,7 @@ from unittest import mock
 import pytest
 import redis
 from django.core.cache import cache
+from django.core.cache import caches
 from django.test import Client
 from django.utils import timezone
 
@@ -154,6 +155,7 @@ def test_api_rate_limit_on_redis_counts_in_one_window_that_expires(
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": log_redis.url,
             "KEY_PREFIX": f"ratelimit-test-{request.node.name}",
+            "OPTIONS": {"pool_class": "core.redispool.SharedConnectionPool"},
         }
     }
     settings.API_RATE_LIMIT_PER_TOKEN = 3
@@ -170,6 +172,27 @@ def test_api_rate_limit_on_redis_counts_in_one_window_that_expires(
     assert len(keys) == 2
     assert all(0 < server.ttl(key) <= 65 for key in keys)
     server.delete(*keys)
+
+
+def test_every_cache_backend_of_a_process_shares_one_redis_pool(log_redis: Any, settings: Any):
+    # Under ASGI Django makes a cache backend per request; each used to open a connection of its own.
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": log_redis.url,
+            "OPTIONS": {"socket_timeout": 2, "pool_class": "core.redispool.SharedConnectionPool"},
+        }
+    }
+    first, second = caches.create_connection("default"), caches.create_connection("default")
+    assert first is not second
+    pools = {id(backend._cache._get_connection_pool(True)) for backend in (first, second)}  # type: ignore[attr-defined]
+    assert len(pools) == 1
+    before = redis.Redis.from_url(log_redis.url).info("clients")["connected_clients"]
+    for _ in range(20):
+        backend = caches.create_connection("default")
+        backend.set("pooled", 1)
+        assert backend.get("pooled") == 1
+    assert redis.Redis.from_url(log_redis.url).info("clients")["connected_clients"] <= before + 1
 
 
 def test_api_rate_limit_per_address_without_a_token(db: None, settings: Any):
