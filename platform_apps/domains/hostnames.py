@@ -17,7 +17,6 @@ import dns.exception
 import dns.name
 from django.conf import settings
 
-
 MAX_HOSTNAME_LENGTH = 253
 # What every label must be once in ASCII (the edge's route builder checks the same again).
 _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
