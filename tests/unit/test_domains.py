@@ -14,7 +14,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from caddy import routes
+from caddy import routes as caddy_routes
 from conftest import Actor
 from drivers import dns
 from platform_apps.domains import services
@@ -23,6 +23,7 @@ from platform_apps.domains.hostnames import hostname_normalise
 from platform_apps.domains.selectors import route_hostnames
 from platform_apps.domains.selectors import tls_name_allowed
 from platform_apps.models import App
+from platform_apps.models import Deployment
 from platform_apps.models import Domain
 from provisioning import domains as domain_workflow
 from tests.unit.fakes import task_queued
@@ -402,16 +403,18 @@ APP = uuid.UUID("7c1d4a8e-0f7b-4d55-9a3e-2f6f1c9b8a10")
 
 
 def test_the_route_carries_the_verified_domains_after_the_platform_hostname():
-    route = routes.app_route(APP, ["web-acme.localhost", "www.example.com", "shop.example.com"], ["10.0.0.1:8000"])
+    route = caddy_routes.app_route(
+        APP, ["web-acme.localhost", "www.example.com", "shop.example.com"], ["10.0.0.1:8000"]
+    )
     assert route["match"] == [{"host": ["web-acme.localhost", "www.example.com", "shop.example.com"]}]
     assert route["handle"][0]["handler"] == "reverse_proxy"
-    assert routes.route_upstreams(route) == ["10.0.0.1:8000"]
-    page = routes.unavailable_route(APP, ["web-acme.localhost", "www.example.com"])
+    assert caddy_routes.route_upstreams(route) == ["10.0.0.1:8000"]
+    page = caddy_routes.unavailable_route(APP, ["web-acme.localhost", "www.example.com"])
     assert page["match"] == [{"host": ["web-acme.localhost", "www.example.com"]}]
 
 
 def test_force_https_puts_a_308_for_plain_http_before_the_proxy():
-    route = routes.app_route(APP, ["www.example.com"], ["10.0.0.1:8000"], force_https=True, https_port=8443)
+    route = caddy_routes.app_route(APP, ["www.example.com"], ["10.0.0.1:8000"], force_https=True, https_port=8443)
     redirect, proxy = route["handle"]
     assert redirect == {
         "handler": "subroute",
@@ -429,44 +432,44 @@ def test_force_https_puts_a_308_for_plain_http_before_the_proxy():
         ],
     }
     assert proxy["handler"] == "reverse_proxy"
-    assert routes.route_upstreams(route) == ["10.0.0.1:8000"]
-    on_443 = routes.app_route(APP, ["www.example.com"], ["10.0.0.1:8000"], force_https=True)
+    assert caddy_routes.route_upstreams(route) == ["10.0.0.1:8000"]
+    on_443 = caddy_routes.app_route(APP, ["www.example.com"], ["10.0.0.1:8000"], force_https=True)
     assert on_443["handle"][0]["routes"][0]["handle"][0]["headers"]["Location"] == [
         "https://{http.request.host}{http.request.uri}"
     ]
-    suspended = routes.suspended_route(APP, ["www.example.com"], force_https=True, https_port=8443)
+    suspended = caddy_routes.suspended_route(APP, ["www.example.com"], force_https=True, https_port=8443)
     assert suspended["handle"][0]["handler"] == "subroute"
 
 
 def test_the_edge_server_listens_on_http_and_https_with_one_set_of_routes():
-    server = routes.edge_server("127.0.0.1:8080", tls_listen="127.0.0.1:8443")
+    server = caddy_routes.edge_server("127.0.0.1:8080", tls_listen="127.0.0.1:8443")
     assert server["listen"] == ["127.0.0.1:8080", "127.0.0.1:8443"]
     assert server["tls_connection_policies"] == [{}]
     assert server["automatic_https"] == {"disable": True}
-    assert routes.http_ports("127.0.0.1:8080", "127.0.0.1:8443") == {"http_port": 8080, "https_port": 8443}
-    plain = routes.edge_server("127.0.0.1:8080")
+    assert caddy_routes.http_ports("127.0.0.1:8080", "127.0.0.1:8443") == {"http_port": 8080, "https_port": 8443}
+    plain = caddy_routes.edge_server("127.0.0.1:8080")
     assert plain["listen"] == ["127.0.0.1:8080"]
     assert "tls_connection_policies" not in plain
     with pytest.raises(ValueError, match="different ports"):
-        routes.edge_server("127.0.0.1:8080", tls_listen="0.0.0.0:8080")
+        caddy_routes.edge_server("127.0.0.1:8080", tls_listen="0.0.0.0:8080")
 
 
 ASK = "http://127.0.0.1:8000/internal/tls/ask?key=k"
 
 
 def test_certificate_policy_with_the_internal_issuer():
-    assert routes.tls_automation(issuer="internal", ask_url=ASK, issue_per_minute=20) == {
+    assert caddy_routes.tls_automation(issuer="internal", ask_url=ASK, issue_per_minute=20) == {
         "automation": {
             "on_demand": {"ask": ASK, "rate_limit": {"interval": "1m", "burst": 20}},
             "policies": [{"on_demand": True, "issuers": [{"module": "internal"}]}],
         }
     }
-    assert routes.pki_app() == {"certificate_authorities": {"local": {"install_trust": False}}}
+    assert caddy_routes.pki_app() == {"certificate_authorities": {"local": {"install_trust": False}}}
 
 
 def test_certificate_policy_with_the_acme_issuer():
     directory = "https://acme-staging-v02.api.letsencrypt.org/directory"
-    tls = routes.tls_automation(
+    tls = caddy_routes.tls_automation(
         issuer="acme", ask_url=ASK, issue_per_minute=5, acme_email="ops@example.com", acme_directory_url=directory
     )
     assert tls["automation"]["policies"] == [
@@ -486,7 +489,7 @@ def test_certificate_policy_with_the_acme_issuer():
 )
 def test_certificate_policies_that_would_be_unsafe_are_refused(kwargs: dict[str, Any]):
     with pytest.raises(ValueError, match=r"issuer|ask|issue_per_minute|ACME"):
-        routes.tls_automation(**kwargs)
+        caddy_routes.tls_automation(**kwargs)
 
 
 def test_the_client_from_settings_puts_the_ask_secret_in_caddys_ask_url(settings: Any):
@@ -535,3 +538,111 @@ def test_txt_lookup_asks_the_configured_resolver():
     # Nobody answers there any more: a bounded, transient failure, not a hang.
     with pytest.raises(dns.DnsLookupError):
         dns.txt_lookup("_coltsfoot-challenge.www.example.com", resolver=server.address, timeout=0.5)
+
+
+# --- routing: the pipeline's switch, the refresh task and the reconciler's repairs -----------------
+
+
+@pytest.fixture
+def live(db: None, pipeline_settings: None, fake_podman: Any, routes: Any, http: Any) -> App:
+    from provisioning import tasks
+    from tests.unit.fakes import archive_deployment
+    from tests.unit.fakes import make_app
+
+    app = make_app(name="web", replicas=1)
+    deployment = archive_deployment(app)
+    tasks.drive(deployment.public_id)
+    assert Deployment.objects.get(pk=deployment.pk).state == Deployment.State.LIVE
+    fresh: App = App.objects.select_related("tenant").get(pk=app.pk)
+    return fresh
+
+
+def _verified(app: App, hostname: str) -> Domain:
+    token = services.verification_token(tenant_id=app.tenant.public_id, hostname=hostname)
+    return Domain.objects.create(
+        tenant=app.tenant, app=app, hostname=hostname, verification_token=token, status=Domain.Status.VERIFIED
+    )
+
+
+def _hosts(fake_routes: Any, app: App) -> list[str]:
+    return list(fake_routes.raw[caddy_routes.route_id(app.public_id)]["match"][0]["host"])
+
+
+def test_verified_domains_are_routed_by_the_refresh_and_kept_by_every_repair(live: App, routes: Any):
+    from provisioning import tasks
+    from provisioning.reconciler.runner import reconcile_pass
+
+    assert _hosts(routes, live) == [live.hostname]
+    _verified(live, "www.example.com")
+    Domain.objects.create(
+        tenant=live.tenant, app=live, hostname="pending.example.com", verification_token="t", status="pending"
+    )
+    assert tasks.app_route_refresh(str(live.public_id)) is True
+    assert _hosts(routes, live) == [live.hostname, "www.example.com"]
+    writes = routes.writes
+    reconcile_pass()
+    assert routes.writes == writes  # the reconciler wants the same route: nothing to repair
+    routes.restart_empty()  # Caddy lost its config: the whole edge comes back with the domain in it
+    reconcile_pass()
+    assert _hosts(routes, live) == [live.hostname, "www.example.com"]
+    # A deploy's route switch reads the hostnames at the switch, so it keeps the domain as well.
+    from tests.unit.fakes import archive_deployment
+
+    tasks.drive(archive_deployment(live).public_id)
+    assert _hosts(routes, live) == [live.hostname, "www.example.com"]
+
+
+def test_a_removed_domain_leaves_the_route_and_a_repair_does_not_bring_it_back(live: App, routes: Any):
+    from provisioning import tasks
+    from provisioning.reconciler.runner import reconcile_pass
+
+    domain = _verified(live, "www.example.com")
+    tasks.app_route_refresh(str(live.public_id))
+    services.domain_delete(domain=domain)
+    tasks.app_route_refresh(str(live.public_id))
+    assert _hosts(routes, live) == [live.hostname]
+    reconcile_pass()
+    assert _hosts(routes, live) == [live.hostname]
+
+
+def test_force_https_is_in_the_route_and_the_reconciler_agrees(live: App, routes: Any, settings: Any):
+    from provisioning import tasks
+    from provisioning.reconciler.runner import reconcile_pass
+
+    settings.EDGE_TLS_LISTEN = "127.0.0.1:9443"
+    App.objects.filter(pk=live.pk).update(force_https=True)
+    tasks.app_route_refresh(str(live.public_id))
+    route = routes.raw[routes_id(live)]
+    assert route["handle"][0]["routes"][0]["handle"][0]["status_code"] == 308
+    assert route["handle"][0]["routes"][0]["handle"][0]["headers"]["Location"] == [
+        "https://{http.request.host}:9443{http.request.uri}"
+    ]
+    writes = routes.writes
+    reconcile_pass()
+    assert routes.writes == writes
+
+
+def routes_id(app: App) -> str:
+    return caddy_routes.route_id(app.public_id)
+
+
+def test_the_certificate_check_records_what_the_edge_presented(owner: Actor, app: App, settings: Any):
+    from drivers import tls
+
+    settings.EDGE_TLS_LISTEN = "127.0.0.1:9443"
+    domain = _verified(app, "www.example.com")
+    expires = timezone.now() + timedelta(days=7)
+    presented = tls.Certificate(not_after=expires, issuer="Caddy Local Authority", names=("www.example.com",))
+    with mock.patch.object(tls, "certificate_probe", autospec=True, return_value=presented) as probe:
+        assert domain_workflow.certificate_check(domain.public_id) is True
+    probe.assert_called_once_with("127.0.0.1:9443", "www.example.com", timeout=mock.ANY)
+    body = owner.call("GET", f"/apps/{app.public_id}/domains/{domain.public_id}").json()
+    assert body["certificate"]["status"] == "issued"
+    assert body["certificate"]["issuer"] == "Caddy Local Authority"
+    assert body["certificate"]["expires_at"].startswith(expires.date().isoformat())
+    other = tls.Certificate(not_after=expires, issuer="x", names=("other.example.com",))
+    with (
+        mock.patch.object(tls, "certificate_probe", autospec=True, return_value=other),
+        pytest.raises(tls.CertificateProbeError),
+    ):
+        domain_workflow.certificate_check(domain.public_id)
