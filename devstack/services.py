@@ -372,7 +372,9 @@ class CaddyServer(ProcessService):
         return (*self.marker, str(self.config_path))
 
     def port_variable_for(self, port: int) -> str:
-        return "COLTSFOOT_CADDY_ADMIN_URL" if port == self.admin_port else "COLTSFOOT_EDGE_LISTEN"
+        if port == self.admin_port:
+            return "COLTSFOOT_CADDY_ADMIN_URL"
+        return "COLTSFOOT_EDGE_TLS_LISTEN" if port == self.tls_port else "COLTSFOOT_EDGE_LISTEN"
 
     def env(self) -> dict[str, str]:
         # Caddy keeps its storage under $XDG_DATA_HOME/caddy and its autosave under $XDG_CONFIG_HOME/caddy:
@@ -386,7 +388,12 @@ class CaddyServer(ProcessService):
 
     def listens(self) -> list[tuple[str, int]]:
         host, _port = split_host_port(self.edge_listen)
-        return [(dial_host(self.admin_host), self.admin_port), (dial_host(host), self.edge_port)]
+        tls_host, _tls_port = split_host_port(self.tls_listen)
+        return [
+            (dial_host(self.admin_host), self.admin_port),
+            (dial_host(host), self.edge_port),
+            (dial_host(tls_host), self.tls_port),
+        ]
 
     def probe(self) -> str | None:
         return http_probe(f"{self.admin_url}/config/")

@@ -798,7 +798,13 @@ def route_refresh(app: App) -> bool:
     removed, force_https changed): one request. False when the app has no route to refresh."""
     if app.state != App.State.ACTIVE or app.live_deployment_id is None:
         return False
-    live = Deployment.objects.get(pk=app.live_deployment_id)
+    if Deployment.objects.filter(app=app, state=Deployment.State.STARTING).exists():
+        # A deploy is about to switch the route itself (reading the hostnames then); writing the current
+        # live deployment's upstreams now could undo its switch. The reconciler repairs anything missed.
+        return False
+    live = Deployment.objects.filter(pk=App.objects.filter(pk=app.pk).values("live_deployment")[:1]).first()
+    if live is None:
+        return False
     with CaddyClient.from_settings() as caddy:
         caddy.route_set(app_route_for(app, upstreams_of(live)))
     return True

@@ -646,3 +646,14 @@ def test_the_certificate_check_records_what_the_edge_presented(owner: Actor, app
         pytest.raises(tls.CertificateProbeError),
     ):
         domain_workflow.certificate_check(domain.public_id)
+
+
+def test_the_refresh_leaves_the_route_to_a_deploy_that_is_switching_it(live: App, routes: Any):
+    from provisioning import tasks
+    from tests.unit.fakes import archive_deployment
+
+    _verified(live, "www.example.com")
+    archive_deployment(live, state=Deployment.State.STARTING)
+    writes = routes.writes
+    assert tasks.app_route_refresh(str(live.public_id)) is False
+    assert routes.writes == writes
