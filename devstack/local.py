@@ -410,6 +410,7 @@ class LocalStack:
         say(f"               (tenant '{DEMO_TENANT}'; kept in {self.demo_file})")
         say(f"  demo app     {demo.app['url']}")
         say(f"               curl -H 'Host: {demo.app['hostname']}' http://{edge}/")
+        say(f"  HTTPS edge   {platform.caddy.tls_url}   (internal CA root: {platform.caddy.admin_url}/pki/ca/local)")
         say(f"  state dir    {self.state}")
         say(f"  logs         {self.log_dir}/")
         say(f"  environment  set -a; . {self.env_file}; set +a   (to run manage.py against this stack)")
