@@ -657,3 +657,48 @@ def test_the_refresh_leaves_the_route_to_a_deploy_that_is_switching_it(live: App
     writes = routes.writes
     assert tasks.app_route_refresh(str(live.public_id)) is False
     assert routes.writes == writes
+
+
+def test_an_unknown_certificate_issuer_setting_refuses_to_start(tmp_path: Any):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env |= {"DJANGO_SECRET_KEY": "x", "COLTSFOOT_DATA_DIR": str(tmp_path), "COLTSFOOT_TLS_ISSUER": "letsencrypt"}
+    root = Path(__file__).resolve().parents[2]
+    argv = [sys.executable, "manage.py", "check"]
+    result = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "coltsfoot: COLTSFOOT_TLS_ISSUER must be internal or acme, got 'letsencrypt'."
+
+
+def test_the_beat_task_queues_the_checks_that_are_due(
+    owner: Actor, app: App, verify_queued: mock.MagicMock, certificate_queued: mock.MagicMock
+):
+    from provisioning import tasks
+
+    due_now = _pending(owner, app, "a.example.com")
+    Domain.objects.filter(pk=due_now.pk).update(next_check_at=timezone.now() - timedelta(seconds=1))
+    _pending(owner, app, "b.example.com")  # its first check is 30 s away
+    verified = _verified(app, "c.example.com")
+    assert tasks.domains_check() == {"verify": 1, "certificates": 1}
+    verify_queued.assert_called_once_with(str(due_now.public_id))
+    certificate_queued.assert_called_once_with(str(verified.public_id))
+
+
+def test_operators_see_domains_read_only_in_the_admin(owner: Actor, app: App):
+    from django.contrib.auth import get_user_model
+
+    domain = _pending(owner, app)
+    staff = Client()
+    staff.force_login(get_user_model().objects.create_superuser("root", "root@example.com", "pw-for-tests"))
+    listing = staff.get("/admin/platform_apps/domain/")
+    assert listing.status_code == 200
+    assert "www.example.com" in listing.content.decode()
+    page = staff.get(f"/admin/platform_apps/domain/{domain.pk}/change/")
+    assert page.status_code == 200
+    assert staff.get("/admin/platform_apps/domain/add/").status_code == 403
+    assert staff.post(f"/admin/platform_apps/domain/{domain.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Domain.objects.filter(pk=domain.pk).exists()
