@@ -173,9 +173,10 @@ class CaddyClient:
         """Create the edge server and its catch-all route if missing, and the HTTP ports and TLS
         apps the edge needs if they differ; leave app routes alone."""
         desired = edge_server(self._edge_listen, tls_listen=self._tls_listen)
+        # Certificates are configured before the HTTPS listener exists, so it never serves without them.
+        self._tls_ensure(self._request("GET", "/config/").json())
         for _ in range(_MAX_CONFLICT_ROUNDS):
             if self._edge_ensure_once(desired):
-                self._tls_ensure()
                 return
         raise CaddyError("caddy edge server kept changing while being ensured", transient=True)
 
@@ -255,7 +256,10 @@ class CaddyClient:
         catch-all) in one write, leaving any other part of its config alone."""
         desired = edge_server(self._edge_listen, app_routes, tls_listen=self._tls_listen)
         root: Any = self._request("GET", "/config/").json() or {}
-        # The ports first: a server with TLS policies serves TLS on every listener but http_port's.
+        # First the certificates (a failure here leaves the edge missing, so the next pass loads it all
+        # again), then the ports (a server with TLS policies serves TLS on every listener but http_port's).
+        if self._tls_ensure(root):
+            root = self._request("GET", "/config/").json() or {}
         self._http_ports_ensure(root)
         node: Any = root
         path = "/config"
@@ -271,7 +275,6 @@ class CaddyClient:
                 method = "PATCH" if isinstance(node, dict) and key in node else "PUT"
                 self._request(method, f"{path}/{key}", body=value)
                 logger.info("caddy edge server loaded name=%s routes=%d", EDGE_SERVER_NAME, len(app_routes))
-                self._tls_ensure()
                 return
             node = child
             path = f"{path}/{key}"
@@ -290,19 +293,29 @@ class CaddyClient:
                 self._request("PATCH" if key in http else "PUT", f"/config/apps/http/{key}", body=value)
                 logger.info("caddy http app updated %s=%s", key, value)
 
-    def _tls_ensure(self) -> None:
-        """The TLS and PKI apps the HTTPS listener needs, written only when they differ (each write makes
-        Caddy 2.6 reload its whole config). Caddy's other TLS settings are not the platform's."""
+    def _tls_ensure(self, root: Any) -> bool:
+        """The PKI and TLS apps the HTTPS listener needs, written only when they differ from `root`'s (each
+        write makes Caddy 2.6 reload its whole config); True if anything was written.
+
+        The PKI app goes first: the internal issuer otherwise provisions Caddy's local CA with its default,
+        which installs the root into the host's trust store (running update-ca-certificates, as root).
+        POST sets or replaces an object in Caddy's admin API, so a write retried after a timeout is harmless.
+        """
         if self._tls_app is None:
-            return
-        apps: Any = self._request("GET", "/config/apps").json() or {}
-        for key, value in (("tls", self._tls_app), ("pki", pki_app())):
-            current = apps.get(key) if isinstance(apps, dict) else None
-            if current != value:
-                self._request(
-                    "PATCH" if isinstance(apps, dict) and key in apps else "PUT", f"/config/apps/{key}", body=value
-                )
+            return False
+        apps = root.get("apps") if isinstance(root, dict) else None
+        if not isinstance(apps, dict):
+            # No apps at all yet (a fresh Caddy): both in one write; the edge server is added after.
+            self._request("POST", "/config/apps", body={"pki": pki_app(), "tls": self._tls_app})
+            logger.info("caddy pki and tls apps set")
+            return True
+        wrote = False
+        for key, value in (("pki", pki_app()), ("tls", self._tls_app)):
+            if apps.get(key) != value:
+                self._request("POST", f"/config/apps/{key}", body=value)
                 logger.info("caddy %s app set", key)
+                wrote = True
+        return wrote
 
     def _edge_ensure_once(self, desired: JsonObject) -> bool:
         """One read-compare-write pass; False when another writer got in first."""

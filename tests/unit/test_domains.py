@@ -702,3 +702,43 @@ def test_operators_see_domains_read_only_in_the_admin(owner: Actor, app: App):
     assert staff.get("/admin/platform_apps/domain/add/").status_code == 403
     assert staff.post(f"/admin/platform_apps/domain/{domain.pk}/delete/", {"post": "yes"}).status_code == 403
     assert Domain.objects.filter(pk=domain.pk).exists()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"admin": {"listen": "caddy.test:2019"}},
+        {"admin": {"listen": "caddy.test:2019"}, "apps": {"http": {"servers": {"other": {"listen": [":9"]}}}}},
+    ],
+)
+def test_the_client_configures_certificates_before_the_https_listener_and_never_the_hosts_trust(
+    respx_mock: Any, config: dict[str, Any]
+):
+    from caddy.client import CaddyClient
+    from tests.unit.test_caddy import ADMIN
+    from tests.unit.test_caddy import FakeCaddy
+
+    caddy = FakeCaddy(config)
+    respx_mock.route(host="caddy.test").mock(side_effect=caddy.handle)
+    tls = caddy_routes.tls_automation(issuer="internal", ask_url=ASK, issue_per_minute=20)
+    client = CaddyClient(ADMIN, timeout=2.0, edge_listen="127.0.0.1:8080", tls_listen="127.0.0.1:8443", tls_app=tls)
+
+    client.edge_ensure()
+
+    apps = caddy.config["apps"]
+    assert apps["pki"] == {"certificate_authorities": {"local": {"install_trust": False}}}
+    assert apps["tls"] == tls
+    assert apps["http"]["http_port"] == 8080
+    assert apps["http"]["https_port"] == 8443
+    assert apps["http"]["servers"]["coltsfoot_edge"]["listen"] == ["127.0.0.1:8080", "127.0.0.1:8443"]
+    writes = caddy.writes()
+    # The local CA is told not to touch the host's trust store no later than the TLS app exists, and both
+    # exist before the server that listens for TLS.
+    first_tls = next(i for i, (_m, path) in enumerate(writes) if path in ("/config/apps", "/config/apps/tls"))
+    assert writes[first_tls][1] == "/config/apps" or ("POST", "/config/apps/pki") in writes[:first_tls]
+    server_write = next(i for i, (_m, path) in enumerate(writes) if "http" in path)
+    assert first_tls < server_write
+    before = len(caddy.requests)
+    client.edge_ensure()
+    assert caddy.writes() == writes  # nothing differs: nothing written (each write reloads Caddy 2.6)
+    assert len(caddy.requests) > before
