@@ -42,6 +42,7 @@ from caddy.routes import edge_server
 from caddy.routes import http_ports
 from caddy.routes import pki_app
 from caddy.routes import route_id
+from caddy.routes import route_upstreams
 from caddy.routes import tls_automation
 from core.faults import InfrastructureError
 
@@ -455,12 +456,12 @@ class CaddyClient:
 
 def _route_summary(route: JsonObject) -> str:
     hosts = [host for match in route.get("match", []) for host in match.get("host", [])]
-    handlers = route.get("handle") or [{}]
-    handler = handlers[0]
-    upstreams = [upstream.get("dial") for upstream in handler.get("upstreams", [])]
-    if handler.get("handler") == "static_response":
-        return f"hostnames={hosts} status={handler.get('status_code')}"
-    return f"hostnames={hosts} upstreams={upstreams}"
+    handlers = [h for h in route.get("handle") or [] if isinstance(h, dict)]
+    redirect = " force_https" if any(h.get("handler") == "subroute" for h in handlers) else ""
+    page = next((h for h in handlers if h.get("handler") == "static_response"), None)
+    if page is not None:
+        return f"hostnames={hosts} status={page.get('status_code')}{redirect}"
+    return f"hostnames={hosts} upstreams={route_upstreams(route)}{redirect}"
 
 
 def _error_from_response(method: str, path: str, response: httpx.Response) -> CaddyError:

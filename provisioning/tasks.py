@@ -866,7 +866,12 @@ def domain_certificate_check(self: PlatformTask, domain_id: str) -> bool:
         return False
 
 
-@shared_task(bind=True, base=PlatformTask, name="coltsfoot.app_route_refresh")
+# How often a route refresh waits for another refresh of the same app before it gives up (the reconciler
+# then brings the route in line anyway).
+ROUTE_REFRESH_WAITS = 60
+
+
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.app_route_refresh", max_retries=ROUTE_REFRESH_WAITS)
 def app_route_refresh(self: PlatformTask, app_id: str) -> bool:
     """Rewrite a live app's route with its current hostnames (a domain verified or removed) and
     force_https. Idempotent: it writes what the DB says now, whenever it runs."""
@@ -874,11 +879,18 @@ def app_route_refresh(self: PlatformTask, app_id: str) -> bool:
     if app is None:
         return False
     bind(tenant_id=app.tenant.public_id, app_id=app.public_id)
+    # One refresh of an app at a time: two running side by side could each read the hostnames before the
+    # other's change and the older read could be written last. The next one waits its turn instead.
+    lease, owner = f"route-refresh-{app_id}", str(self.request.id or uuid.uuid4())
+    if not named_lease.lease_acquire(lease, owner, float(settings.CADDY_TIMEOUT_SECONDS) * 6):
+        raise self.retry(countdown=0.5 + random.random(), max_retries=ROUTE_REFRESH_WAITS)  # noqa: S311
     try:
         refreshed = pipeline.route_refresh(app)
     except Exception as exc:
         self.retry_if_transient(exc)
         raise
+    finally:
+        named_lease.lease_release(lease, owner)
     if refreshed:
         logger.info("app route refreshed")
     return refreshed

@@ -742,3 +742,19 @@ def test_the_client_configures_certificates_before_the_https_listener_and_never_
     client.edge_ensure()
     assert caddy.writes() == writes  # nothing differs: nothing written (each write reloads Caddy 2.6)
     assert len(caddy.requests) > before
+
+
+def test_refreshes_of_one_app_take_turns(live: App, routes: Any):
+    from celery.exceptions import Retry
+
+    from provisioning import leases
+    from provisioning import tasks
+
+    assert leases.lease_acquire(f"route-refresh-{live.public_id}", "another-task", 30)
+    writes = routes.writes
+    with pytest.raises(Retry):
+        tasks.app_route_refresh(str(live.public_id))
+    assert routes.writes == writes
+    leases.lease_release(f"route-refresh-{live.public_id}", "another-task")
+    assert tasks.app_route_refresh(str(live.public_id)) is True
+    assert routes.writes == writes + 1
