@@ -16,6 +16,9 @@ BACKUP_CREATE = "backup.create"
 BACKUP_RESTORE = "backup.restore"
 WEBHOOK_SECRET_ROTATE = "webhook_secret.rotate"
 WEBHOOK_DEPLOY = "webhook.deploy"
+DOMAIN_CREATE = "domain.create"
+DOMAIN_VERIFY = "domain.verify"
+DOMAIN_DELETE = "domain.delete"
 TOKEN_CREATE = "token.create"
 TOKEN_REVOKE = "token.revoke"
 TENANT_CREATE = "tenant.create"
@@ -40,6 +43,9 @@ ACTIONS: frozenset[str] = frozenset(
         BACKUP_RESTORE,
         WEBHOOK_SECRET_ROTATE,
         WEBHOOK_DEPLOY,
+        DOMAIN_CREATE,
+        DOMAIN_VERIFY,
+        DOMAIN_DELETE,
         TOKEN_CREATE,
         TOKEN_REVOKE,
         TENANT_CREATE,

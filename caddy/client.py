@@ -26,6 +26,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 from typing import Self
+from urllib.parse import urlencode
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -38,7 +39,11 @@ from caddy.routes import JsonObject
 from caddy.routes import app_route
 from caddy.routes import catchall_route
 from caddy.routes import edge_server
+from caddy.routes import http_ports
+from caddy.routes import pki_app
 from caddy.routes import route_id
+from caddy.routes import route_upstreams
+from caddy.routes import tls_automation
 from core.faults import InfrastructureError
 
 logger = logging.getLogger(__name__)
@@ -89,6 +94,8 @@ class CaddyClient:
         *,
         timeout: float,
         edge_listen: str,
+        tls_listen: str = "",
+        tls_app: JsonObject | None = None,
         attempts: int = 3,
         backoff_seconds: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
@@ -109,16 +116,33 @@ class CaddyClient:
             verify=parts.scheme == "https",
         )
         self._edge_listen = edge_listen
+        # The HTTPS listener and the TLS app that certifies its names; "" and None: plain HTTP only.
+        self._tls_listen = tls_listen
+        self._tls_app = tls_app if tls_listen else None
         self._attempts = attempts
         self._backoff_seconds = backoff_seconds
         self._sleep = sleep
 
     @classmethod
     def from_settings(cls) -> CaddyClient:
+        tls_listen = str(settings.EDGE_TLS_LISTEN)
+        tls_app = None
+        if tls_listen:
+            ask = urlsplit(str(settings.TLS_ASK_URL))
+            query = urlencode({"key": settings.TLS_ASK_SECRET})
+            tls_app = tls_automation(
+                issuer=settings.TLS_ISSUER,
+                ask_url=ask._replace(query=f"{ask.query}&{query}" if ask.query else query).geturl(),
+                issue_per_minute=settings.TLS_ISSUE_PER_MINUTE,
+                acme_email=settings.ACME_EMAIL,
+                acme_directory_url=settings.ACME_DIRECTORY_URL,
+            )
         return cls(
             settings.CADDY_ADMIN_URL,
             timeout=settings.CADDY_TIMEOUT_SECONDS,
             edge_listen=settings.EDGE_LISTEN,
+            tls_listen=tls_listen,
+            tls_app=tls_app,
         )
 
     def close(self) -> None:
@@ -147,8 +171,11 @@ class CaddyClient:
         return response.status_code in (200, 404)
 
     def edge_ensure(self) -> None:
-        """Create the edge server and its catch-all route if missing; leave app routes alone."""
-        desired = edge_server(self._edge_listen)
+        """Create the edge server and its catch-all route if missing, and the HTTP ports and TLS
+        apps the edge needs if they differ; leave app routes alone."""
+        desired = edge_server(self._edge_listen, tls_listen=self._tls_listen)
+        # Certificates are configured before the HTTPS listener exists, so it never serves without them.
+        self._tls_ensure(self._request("GET", "/config/").json())
         for _ in range(_MAX_CONFLICT_ROUNDS):
             if self._edge_ensure_once(desired):
                 return
@@ -228,8 +255,13 @@ class CaddyClient:
     def edge_load(self, app_routes: list[JsonObject]) -> None:
         """Give a Caddy that lost its config the whole edge back (every app route and the
         catch-all) in one write, leaving any other part of its config alone."""
-        desired = edge_server(self._edge_listen, app_routes)
+        desired = edge_server(self._edge_listen, app_routes, tls_listen=self._tls_listen)
         root: Any = self._request("GET", "/config/").json() or {}
+        # First the certificates (a failure here leaves the edge missing, so the next pass loads it all
+        # again), then the ports (a server with TLS policies serves TLS on every listener but http_port's).
+        if self._tls_ensure(root):
+            root = self._request("GET", "/config/").json() or {}
+        self._http_ports_ensure(root)
         node: Any = root
         path = "/config"
         for depth, key in enumerate(_SERVER_KEYS):
@@ -239,6 +271,8 @@ class CaddyClient:
                 value: Any = desired
                 for outer in reversed(_SERVER_KEYS[depth + 1 :]):
                     value = {outer: value}
+                    if outer == "servers":
+                        value = {**http_ports(self._edge_listen, self._tls_listen), **value}
                 method = "PATCH" if isinstance(node, dict) and key in node else "PUT"
                 self._request(method, f"{path}/{key}", body=value)
                 logger.info("caddy edge server loaded name=%s routes=%d", EDGE_SERVER_NAME, len(app_routes))
@@ -248,9 +282,47 @@ class CaddyClient:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _http_ports_ensure(self, root: Any) -> None:
+        """Set the HTTP app's ports when it exists and they differ (a new one gets them with the server)."""
+        http = (
+            root.get("apps", {}).get("http") if isinstance(root, dict) and isinstance(root.get("apps"), dict) else None
+        )
+        if not isinstance(http, dict):
+            return
+        for key, value in http_ports(self._edge_listen, self._tls_listen).items():
+            if http.get(key) != value:
+                self._request("PATCH" if key in http else "PUT", f"/config/apps/http/{key}", body=value)
+                logger.info("caddy http app updated %s=%s", key, value)
+
+    def _tls_ensure(self, root: Any) -> bool:
+        """The PKI and TLS apps the HTTPS listener needs, written only when they differ from `root`'s (each
+        write makes Caddy 2.6 reload its whole config); True if anything was written.
+
+        The PKI app goes first: the internal issuer otherwise provisions Caddy's local CA with its default,
+        which installs the root into the host's trust store (running update-ca-certificates, as root).
+        POST sets or replaces an object in Caddy's admin API, so a write retried after a timeout is harmless.
+        """
+        if self._tls_app is None:
+            return False
+        apps = root.get("apps") if isinstance(root, dict) else None
+        if not isinstance(apps, dict):
+            # No apps at all yet (a fresh Caddy): both in one write; the edge server is added after.
+            self._request("POST", "/config/apps", body={"pki": pki_app(), "tls": self._tls_app})
+            logger.info("caddy pki and tls apps set")
+            return True
+        wrote = False
+        for key, value in (("pki", pki_app()), ("tls", self._tls_app)):
+            if apps.get(key) != value:
+                self._request("POST", f"/config/apps/{key}", body=value)
+                logger.info("caddy %s app set", key)
+                wrote = True
+        return wrote
+
     def _edge_ensure_once(self, desired: JsonObject) -> bool:
         """One read-compare-write pass; False when another writer got in first."""
         node: Any = self._request("GET", "/config/").json() or {}
+        self._http_ports_ensure(node)
+        ports = http_ports(self._edge_listen, self._tls_listen)
         path = "/config"
         for depth, key in enumerate(_SERVER_KEYS):
             child = node.get(key) if isinstance(node, dict) else None
@@ -258,6 +330,8 @@ class CaddyClient:
                 value: Any = desired
                 for outer in reversed(_SERVER_KEYS[depth + 1 :]):
                     value = {outer: value}
+                    if outer == "servers":
+                        value = {**ports, **value}  # a new HTTP app gets the edge's ports with it
                 # PUT only creates an absent key, so a racing creator makes ours fail instead of
                 # overwriting theirs; a key that is present but null has to be PATCHed.
                 method = "PATCH" if isinstance(node, dict) and key in node else "PUT"
@@ -269,7 +343,19 @@ class CaddyClient:
             path = f"{path}/{key}"
 
         server: JsonObject = node
-        for key in ("listen", "automatic_https", "read_header_timeout", "read_timeout", "idle_timeout"):
+        for key in (
+            "listen",
+            "tls_connection_policies",
+            "automatic_https",
+            "read_header_timeout",
+            "read_timeout",
+            "idle_timeout",
+        ):
+            if key not in desired:
+                if key in server:
+                    self._request("DELETE", f"{SERVER_PATH}/{key}")
+                    logger.info("caddy edge server updated name=%s %s removed", EDGE_SERVER_NAME, key)
+                continue
             if server.get(key) != desired[key]:
                 method = "PATCH" if key in server else "PUT"
                 if not self._write_if_absent(method, f"{SERVER_PATH}/{key}", desired[key]):
@@ -370,12 +456,12 @@ class CaddyClient:
 
 def _route_summary(route: JsonObject) -> str:
     hosts = [host for match in route.get("match", []) for host in match.get("host", [])]
-    handlers = route.get("handle") or [{}]
-    handler = handlers[0]
-    upstreams = [upstream.get("dial") for upstream in handler.get("upstreams", [])]
-    if handler.get("handler") == "static_response":
-        return f"hostnames={hosts} status={handler.get('status_code')}"
-    return f"hostnames={hosts} upstreams={upstreams}"
+    handlers = [h for h in route.get("handle") or [] if isinstance(h, dict)]
+    redirect = " force_https" if any(h.get("handler") == "subroute" for h in handlers) else ""
+    page = next((h for h in handlers if h.get("handler") == "static_response"), None)
+    if page is not None:
+        return f"hostnames={hosts} status={page.get('status_code')}{redirect}"
+    return f"hostnames={hosts} upstreams={route_upstreams(route)}{redirect}"
 
 
 def _error_from_response(method: str, path: str, response: httpx.Response) -> CaddyError:

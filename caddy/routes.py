@@ -84,8 +84,35 @@ def validate_upstream(upstream: str) -> str:
     return f"[{address}]:{int(port)}" if bracketed else f"{address}:{int(port)}"
 
 
-def app_route(app_id: UUID, hostnames: list[str], upstreams: list[str]) -> JsonObject:
-    """The edge route sending `hostnames` to the app's replicas at `upstreams`.
+def https_redirect(https_port: int) -> JsonObject:
+    """A handler that answers plain-HTTP requests with a 308 to the same URL over HTTPS and lets
+    HTTPS requests through to the next handler (a subroute whose one route matches `http` only)."""
+    if not 1 <= https_port <= 65535:
+        raise ValueError(f"invalid HTTPS port {https_port!r}")
+    port = "" if https_port == 443 else f":{https_port}"
+    return {
+        "handler": "subroute",
+        "routes": [
+            {
+                "match": [{"protocol": "http"}],
+                "handle": [
+                    {
+                        "handler": "static_response",
+                        "status_code": 308,
+                        # The request's host without its port, so the port is the HTTPS listener's.
+                        "headers": {"Location": [f"https://{{http.request.host}}{port}{{http.request.uri}}"]},
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def app_route(
+    app_id: UUID, hostnames: list[str], upstreams: list[str], *, force_https: bool = False, https_port: int = 443
+) -> JsonObject:
+    """The edge route sending `hostnames` to the app's replicas at `upstreams`; with `force_https`,
+    plain-HTTP requests are redirected to HTTPS on `https_port` first.
 
     Raises ValueError if a hostname or upstream is malformed or either list is empty.
     """
@@ -97,10 +124,12 @@ def app_route(app_id: UUID, hostnames: list[str], upstreams: list[str]) -> JsonO
         raise ValueError("a route needs at least one hostname")
     if not dials:
         raise ValueError("a route needs at least one upstream")
+    redirect = [https_redirect(https_port)] if force_https else []
     return {
         "@id": route_id(app_id),
         "match": [{"host": hosts}],
         "handle": [
+            *redirect,
             {
                 "handler": "reverse_proxy",
                 "upstreams": [{"dial": dial} for dial in dials],
@@ -113,7 +142,7 @@ def app_route(app_id: UUID, hostnames: list[str], upstreams: list[str]) -> JsonO
                     "passive": {"fail_duration": PASSIVE_FAIL_DURATION, "max_fails": 1},
                 },
                 "transport": {"protocol": "http", "dial_timeout": DIAL_TIMEOUT},
-            }
+            },
         ],
         "terminal": True,
     }
@@ -141,32 +170,51 @@ UNAVAILABLE_RETRY_AFTER = "10"
 
 
 def _page_route(
-    app_id: UUID, hostnames: list[str], status: int, body: str, headers: dict[str, list[str]]
+    app_id: UUID,
+    hostnames: list[str],
+    status: int,
+    body: str,
+    headers: dict[str, list[str]],
+    *,
+    force_https: bool,
+    https_port: int,
 ) -> JsonObject:
     if isinstance(hostnames, str):
         raise ValueError("hostnames must be a list, not a string")
     hosts = list(dict.fromkeys(validate_hostname(name) for name in hostnames))
     if not hosts:
         raise ValueError("a route needs at least one hostname")
+    redirect = [https_redirect(https_port)] if force_https else []
     return {
         "@id": route_id(app_id),
         "match": [{"host": hosts}],
         "handle": [
+            *redirect,
             {
                 "handler": "static_response",
                 "status_code": status,
                 "headers": {"Content-Type": ["text/html; charset=utf-8"], **headers, "Cache-Control": ["no-store"]},
                 "body": body,
-            }
+            },
         ],
         "terminal": True,
     }
 
 
-def unavailable_route(app_id: UUID, hostnames: list[str]) -> JsonObject:
+def unavailable_route(
+    app_id: UUID, hostnames: list[str], *, force_https: bool = False, https_port: int = 443
+) -> JsonObject:
     """The app's route while none of its replicas runs: a clear 503 page at once, not a 502 after
     the proxy gave up. Same `@id` as the app route, so switching either way is one PATCH."""
-    return _page_route(app_id, hostnames, 503, UNAVAILABLE_PAGE, {"Retry-After": [UNAVAILABLE_RETRY_AFTER]})
+    return _page_route(
+        app_id,
+        hostnames,
+        503,
+        UNAVAILABLE_PAGE,
+        {"Retry-After": [UNAVAILABLE_RETRY_AFTER]},
+        force_https=force_https,
+        https_port=https_port,
+    )
 
 
 SUSPENDED_PAGE = (
@@ -177,10 +225,12 @@ SUSPENDED_PAGE = (
 )
 
 
-def suspended_route(app_id: UUID, hostnames: list[str]) -> JsonObject:
+def suspended_route(
+    app_id: UUID, hostnames: list[str], *, force_https: bool = False, https_port: int = 443
+) -> JsonObject:
     """The app's route while its tenant is suspended: a 403 page saying so, whatever its replicas
     do. Same `@id` as the app route, so suspending and reactivating are one PATCH each."""
-    return _page_route(app_id, hostnames, 403, SUSPENDED_PAGE, {})
+    return _page_route(app_id, hostnames, 403, SUSPENDED_PAGE, {}, force_https=force_https, https_port=https_port)
 
 
 def catchall_route() -> JsonObject:
@@ -206,21 +256,97 @@ def catchall_route() -> JsonObject:
     }
 
 
-def edge_server(listen: str, app_routes: list[JsonObject] | None = None) -> JsonObject:
-    """The `coltsfoot_edge` HTTP server: plain HTTP on `listen`, `app_routes` then the catch-all.
+def listen_port(listen: str) -> int:
+    """The port of a `host:port` (or `:port`) listen address."""
+    _host, sep, port = listen.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"invalid listen address {listen!r}: expected host:port or :port")
+    return int(port)
+
+
+def edge_server(listen: str, app_routes: list[JsonObject] | None = None, *, tls_listen: str = "") -> JsonObject:
+    """The `coltsfoot_edge` server: plain HTTP on `listen` and, when `tls_listen` is set, HTTPS there,
+    with one set of routes for both: `app_routes` then the catch-all.
+
+    Caddy 2.6 serves TLS on every listener of a server that has TLS connection policies except the
+    one on the HTTP app's `http_port`, which therefore must be `listen`'s port (see `http_ports`).
+    Certificates are chosen by SNI from the TLS app's on-demand automation (`tls_automation`).
 
     Day to day, app routes are inserted before the catch-all by the client, never by rebuilding
     this; the whole server with every route is sent only to a Caddy that lost its config.
     """
     if ":" not in listen:
         raise ValueError(f"invalid edge listen address {listen!r}: expected host:port or :port")
+    tls: JsonObject = {}
+    if tls_listen:
+        if listen_port(tls_listen) == listen_port(listen):
+            raise ValueError("the edge's HTTP and HTTPS listeners need different ports")
+        # One empty policy: any SNI, the certificate the automation gives for it.
+        tls = {"tls_connection_policies": [{}]}
     return {
-        "listen": [listen],
+        "listen": [listen, *([tls_listen] if tls_listen else [])],
+        **tls,
         # Caddy's durations are strings ("10s"); see EDGE_*_TIMEOUT above for the choice.
         "read_header_timeout": EDGE_READ_HEADER_TIMEOUT,
         "read_timeout": EDGE_READ_TIMEOUT,
         "idle_timeout": EDGE_IDLE_TIMEOUT,
-        # The dev edge is plain HTTP on a port; TLS, when wanted, is a separate server.
+        # No automatic HTTPS: the platform decides which names get certificates (the ask endpoint) and
+        # which requests are redirected (an app's force_https), not Caddy's host matchers.
         "automatic_https": {"disable": True},
         "routes": [*(app_routes or []), catchall_route()],
     }
+
+
+def http_ports(listen: str, tls_listen: str = "") -> JsonObject:
+    """The HTTP app's `http_port`/`https_port` for the edge's listeners (see `edge_server`)."""
+    ports = {"http_port": listen_port(listen)}
+    if tls_listen:
+        ports["https_port"] = listen_port(tls_listen)
+    return ports
+
+
+def tls_automation(
+    *,
+    issuer: str,
+    ask_url: str,
+    issue_per_minute: int,
+    acme_email: str = "",
+    acme_directory_url: str = "",
+) -> JsonObject:
+    """The TLS app: every certificate on demand (at the first handshake with that SNI), and only for
+    names the platform's `ask` endpoint answers 2xx for; `issue_per_minute` bounds issuance attempts.
+
+    `issuer` is `internal` (Caddy's own CA: development and tests) or `acme` (a public CA at
+    `acme_directory_url`, with `acme_email` as the account's contact).
+    """
+    if not ask_url.startswith(("http://", "https://")):
+        raise ValueError("the ask endpoint must be an http(s) URL")
+    if issue_per_minute < 1:
+        raise ValueError("issue_per_minute must be at least 1")
+    issuer_config: JsonObject
+    if issuer == "internal":
+        issuer_config = {"module": "internal"}
+    elif issuer == "acme":
+        if not acme_directory_url.startswith("https://"):
+            raise ValueError("the ACME directory URL must be an https URL")
+        issuer_config = {"module": "acme", "ca": acme_directory_url}
+        if acme_email:
+            issuer_config["email"] = acme_email
+    else:
+        raise ValueError(f"unknown certificate issuer {issuer!r}: expected internal or acme")
+    return {
+        "automation": {
+            "on_demand": {
+                "ask": ask_url,
+                "rate_limit": {"interval": "1m", "burst": issue_per_minute},
+            },
+            "policies": [{"on_demand": True, "issuers": [issuer_config]}],
+        }
+    }
+
+
+def pki_app() -> JsonObject:
+    """Caddy's local CA (the `internal` issuer's) as the platform wants it: never installed into the
+    host's trust store (Caddy would do that at first use, as root). Clients trust it explicitly, from
+    the admin API's `/pki/ca/local`."""
+    return {"certificate_authorities": {"local": {"install_trust": False}}}

@@ -19,6 +19,7 @@ from platform_apps.audit.api import router as audit_router
 from platform_apps.backups.api import router as backups_router
 from platform_apps.config.api import router as config_router
 from platform_apps.deployments.api import router as deployments_router
+from platform_apps.domains.api import router as domains_router
 from platform_apps.logs.api import router as logs_router
 from platform_apps.webhooks.api import router as webhooks_router
 from provisioning.firewall import firewall_check
@@ -117,6 +118,7 @@ api.add_router("/", apps_router)
 api.add_router("/", deployments_router)
 api.add_router("/", config_router)
 api.add_router("/", addons_router)
+api.add_router("/", domains_router)
 api.add_router("/", backups_router)
 api.add_router("/", webhooks_router)
 api.add_router("/", audit_router)

@@ -17,6 +17,8 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 app.conf.beat_schedule = {
     "reconcile": {"task": "coltsfoot.reconcile", "schedule": float(settings.CELERY_BEAT_RECONCILE_SECONDS)},
+    # Pending custom domains whose next ownership check is due, and certificates to look at again.
+    "domains-check": {"task": "coltsfoot.domains_check", "schedule": float(settings.DOMAIN_CHECK_SECONDS)},
 }
 if settings.PLATFORM_BACKUP_SECONDS > 0:
     app.conf.beat_schedule["platform-backup"] = {

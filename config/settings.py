@@ -3,6 +3,9 @@ environment variables documented in .env.example."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import sys
 from pathlib import Path
 from urllib.parse import unquote
@@ -163,6 +166,34 @@ EDGE_LISTEN = env_str("COLTSFOOT_EDGE_LISTEN", "127.0.0.1:8080")
 EDGE_PUBLIC_URL_TEMPLATE = env_str("COLTSFOOT_EDGE_URL_TEMPLATE", "http://{host}:8080/")
 CADDY_ADMIN_URL = env_str("COLTSFOOT_CADDY_ADMIN_URL", "http://127.0.0.1:2019")
 CADDY_TIMEOUT_SECONDS = float(env_str("COLTSFOOT_CADDY_TIMEOUT", "5"))
+
+# Custom domains and HTTPS on the edge (platform_apps/domains, README: Custom domains).
+# The edge's HTTPS listener ("" turns it off); certificates are issued on demand, guarded by the ask endpoint.
+EDGE_TLS_LISTEN = os.environ.get("COLTSFOOT_EDGE_TLS_LISTEN", "127.0.0.1:8443").strip()
+# `internal`: Caddy's own CA (development and tests); `acme`: a public CA (production).
+TLS_ISSUER = env_str("COLTSFOOT_TLS_ISSUER", "internal")
+if TLS_ISSUER not in ("internal", "acme"):
+    sys.stderr.write(f"coltsfoot: COLTSFOOT_TLS_ISSUER must be internal or acme, got {TLS_ISSUER!r}.\n")
+    raise SystemExit(1)
+ACME_EMAIL = env_str("COLTSFOOT_ACME_EMAIL", "")
+ACME_DIRECTORY_URL = env_str("COLTSFOOT_ACME_DIRECTORY_URL", "https://acme-v02.api.letsencrypt.org/directory")
+# Where Caddy asks whether it may get a certificate for a name, and the shared secret in that URL (by
+# default derived from DJANGO_SECRET_KEY, so every process of one installation agrees on it).
+TLS_ASK_URL = env_str("COLTSFOOT_TLS_ASK_URL", f"http://{API_BIND.replace('0.0.0.0:', '127.0.0.1:')}/internal/tls/ask")
+TLS_ASK_SECRET = env_str(
+    "COLTSFOOT_TLS_ASK_SECRET", hmac.new(SECRET_KEY.encode(), b"coltsfoot.tls-ask", hashlib.sha256).hexdigest()[:40]
+)
+# Questions the ask endpoint answers per minute (more: 429), and certificates Caddy may start per minute.
+TLS_ASK_PER_MINUTE = env_int("COLTSFOOT_TLS_ASK_PER_MINUTE", 300)
+TLS_ISSUE_PER_MINUTE = env_int("COLTSFOOT_TLS_ISSUE_PER_MINUTE", 20)
+MAX_DOMAINS_PER_APP = env_int("COLTSFOOT_MAX_DOMAINS_PER_APP", 5)
+# The DNS server that ownership checks ask, as host:port ("" = the system's resolvers).
+DNS_RESOLVER = env_str("COLTSFOOT_DNS_RESOLVER", "")
+DNS_TIMEOUT_SECONDS = env_float("COLTSFOOT_DNS_TIMEOUT", 3.0)
+# Pending domains are checked again by beat every DOMAIN_CHECK_SECONDS, each with a growing interval, for at
+# most DOMAIN_VERIFY_WINDOW_SECONDS after it was added (or verify was last asked for); then it is `failed`.
+DOMAIN_CHECK_SECONDS = env_int("COLTSFOOT_DOMAIN_CHECK_SECONDS", 30)
+DOMAIN_VERIFY_WINDOW_SECONDS = env_int("COLTSFOOT_DOMAIN_VERIFY_WINDOW", 72 * 3600)
 
 REDIS_URL = env_str("COLTSFOOT_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -7,6 +7,7 @@ from django.urls import path
 
 from config.api import api
 from core.errors import error_response
+from platform_apps.domains.views import tls_ask
 
 admin.site.site_header = "Coltsfoot administration"
 admin.site.site_title = "Coltsfoot"
@@ -17,6 +18,8 @@ admin.site.enable_nav_sidebar = False
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
+    # Caddy's on-demand TLS guard (a shared secret in the query; not part of the tenant API).
+    path("internal/tls/ask", tls_ask),
 ]
 
 

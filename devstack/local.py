@@ -23,7 +23,8 @@ Everything lives under the state dir, COLTSFOOT_STATE_DIR (default ~/.local/stat
                      cannot traverse /root: then this is a symlink to <postgres home>/coltsfoot-<hash>.
 
 Ports (loopback unless said otherwise), chosen so a developer's own services keep theirs: API
-COLTSFOOT_API_BIND=127.0.0.1:8000, edge COLTSFOOT_EDGE_LISTEN=127.0.0.1:8080, Caddy admin from
+COLTSFOOT_API_BIND=127.0.0.1:8000, edge COLTSFOOT_EDGE_LISTEN=127.0.0.1:8080 (HTTPS COLTSFOOT_EDGE_TLS_LISTEN=
+127.0.0.1:8443; DNS checks ask COLTSFOOT_DNS_RESOLVER, passed through), Caddy admin from
 COLTSFOOT_CADDY_ADMIN_URL=http://127.0.0.1:2019, Redis COLTSFOOT_REDIS_PORT=6390, PostgreSQL
 COLTSFOOT_PG_PORT=5433, PgBouncer COLTSFOOT_PGBOUNCER_PORT=6433 on 0.0.0.0 (tenant containers reach it
 through their network's gateway).
@@ -117,6 +118,7 @@ class LocalConfig:
     pgbouncer_port: int
     api_bind: str
     edge_listen: str
+    edge_tls_listen: str
     caddy_admin_listen: str
     statement_timeout_ms: int
     idle_tx_timeout_ms: int
@@ -145,11 +147,12 @@ class LocalConfig:
             pgbouncer_port=port("COLTSFOOT_PGBOUNCER_PORT", 6433),
             api_bind=env.get("COLTSFOOT_API_BIND", "").strip() or "127.0.0.1:8000",
             edge_listen=env.get("COLTSFOOT_EDGE_LISTEN", "").strip() or "127.0.0.1:8080",
+            edge_tls_listen=env.get("COLTSFOOT_EDGE_TLS_LISTEN", "").strip() or "127.0.0.1:8443",
             caddy_admin_listen=admin_listen,
             statement_timeout_ms=number("COLTSFOOT_TENANT_PG_STATEMENT_TIMEOUT_MS", 30_000),
             idle_tx_timeout_ms=number("COLTSFOOT_TENANT_PG_IDLE_TX_TIMEOUT_MS", 60_000),
         )
-        for value in (config.api_bind, config.edge_listen, config.caddy_admin_listen):
+        for value in (config.api_bind, config.edge_listen, config.edge_tls_listen, config.caddy_admin_listen):
             split_host_port(value)
         return config
 
@@ -259,6 +262,7 @@ class LocalStack:
             self.state / "caddy",
             admin_listen=config.caddy_admin_listen,
             edge_listen=config.edge_listen,
+            tls_listen=config.edge_tls_listen,
             log_dir=self.log_dir,
             run_dir=self.run_dir,
         )
@@ -406,6 +410,7 @@ class LocalStack:
         say(f"               (tenant '{DEMO_TENANT}'; kept in {self.demo_file})")
         say(f"  demo app     {demo.app['url']}")
         say(f"               curl -H 'Host: {demo.app['hostname']}' http://{edge}/")
+        say(f"  HTTPS edge   {platform.caddy.tls_url}   (internal CA root: {platform.caddy.admin_url}/pki/ca/local)")
         say(f"  state dir    {self.state}")
         say(f"  logs         {self.log_dir}/")
         say(f"  environment  set -a; . {self.env_file}; set +a   (to run manage.py against this stack)")

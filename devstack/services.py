@@ -77,6 +77,7 @@ PASSTHROUGH_ENV = (
     "COLTSFOOT_FIREWALL",
     "COLTSFOOT_NFT",
     "COLTSFOOT_TENANT_EGRESS",
+    "COLTSFOOT_DNS_RESOLVER",
     "LANG",
     "TZ",
 )
@@ -325,6 +326,7 @@ class CaddyServer(ProcessService):
         *,
         admin_listen: str | None = None,
         edge_listen: str | None = None,
+        tls_listen: str | None = None,
         log_dir: Path | None = None,
         run_dir: Path | None = None,
     ) -> None:
@@ -336,10 +338,20 @@ class CaddyServer(ProcessService):
             while edge_port == split_host_port(admin_listen)[1]:
                 edge_port = free_port()
             edge_listen = f"{LOCALHOST}:{edge_port}"
+        if tls_listen is None:
+            # The edge's HTTPS listener (custom domains): the platform adds it through the admin API too.
+            taken = {split_host_port(admin_listen)[1], split_host_port(edge_listen)[1]}
+            tls_port = free_port()
+            while tls_port in taken:
+                tls_port = free_port()
+            tls_listen = f"{LOCALHOST}:{tls_port}"
         self.admin_listen = admin_listen
         self.admin_host, self.admin_port = split_host_port(admin_listen)
         self.edge_listen = edge_listen
         edge_host, self.edge_port = split_host_port(edge_listen)
+        self.tls_listen = tls_listen
+        tls_host, self.tls_port = split_host_port(tls_listen)
+        self.tls_url = f"https://{dial_host(tls_host)}:{self.tls_port}"
         self.admin_url = f"http://{dial_host(self.admin_host)}:{self.admin_port}"
         self.edge_url = f"http://{dial_host(edge_host)}:{self.edge_port}"
         self.config_path = self.dir / "caddy.json"
@@ -360,7 +372,9 @@ class CaddyServer(ProcessService):
         return (*self.marker, str(self.config_path))
 
     def port_variable_for(self, port: int) -> str:
-        return "COLTSFOOT_CADDY_ADMIN_URL" if port == self.admin_port else "COLTSFOOT_EDGE_LISTEN"
+        if port == self.admin_port:
+            return "COLTSFOOT_CADDY_ADMIN_URL"
+        return "COLTSFOOT_EDGE_TLS_LISTEN" if port == self.tls_port else "COLTSFOOT_EDGE_LISTEN"
 
     def env(self) -> dict[str, str]:
         # Caddy keeps its storage under $XDG_DATA_HOME/caddy and its autosave under $XDG_CONFIG_HOME/caddy:
@@ -374,13 +388,18 @@ class CaddyServer(ProcessService):
 
     def listens(self) -> list[tuple[str, int]]:
         host, _port = split_host_port(self.edge_listen)
-        return [(dial_host(self.admin_host), self.admin_port), (dial_host(host), self.edge_port)]
+        tls_host, _tls_port = split_host_port(self.tls_listen)
+        return [
+            (dial_host(self.admin_host), self.admin_port),
+            (dial_host(host), self.edge_port),
+            (dial_host(tls_host), self.tls_port),
+        ]
 
     def probe(self) -> str | None:
         return http_probe(f"{self.admin_url}/config/")
 
     def describe(self) -> str:
-        return f"admin {self.admin_listen}, edge {self.edge_listen}"
+        return f"admin {self.admin_listen}, edge {self.edge_listen}, HTTPS {self.tls_listen}"
 
 
 class PostgresServer(ProcessService):
@@ -893,6 +912,7 @@ class Platform(Service):
                 "COLTSFOOT_API_BIND": self.api_bind,
                 "COLTSFOOT_CADDY_ADMIN_URL": self.caddy.admin_url,
                 "COLTSFOOT_EDGE_LISTEN": self.caddy.edge_listen,
+                "COLTSFOOT_EDGE_TLS_LISTEN": self.caddy.tls_listen,
                 "COLTSFOOT_EDGE_URL_TEMPLATE": f"http://{{host}}:{self.caddy.edge_port}/",
                 "COLTSFOOT_TENANT_PG_ADMIN_DSN": self.postgres.admin_dsn,
                 "COLTSFOOT_PGBOUNCER_PORT": str(self.pgbouncer.port),

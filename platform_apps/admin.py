@@ -36,6 +36,7 @@ from platform_apps.models import App
 from platform_apps.models import AppStatus
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
+from platform_apps.models import Domain
 from platform_apps.models import RedisAddon
 from platform_apps.models import Replica
 from platform_apps.models import WebhookDelivery
@@ -538,6 +539,43 @@ class AddonBackupAdmin(AuditedAdmin[AddonBackup]):
 
     def has_delete_permission(self, request: HttpRequest, obj: AddonBackup | None = None) -> bool:
         return False  # its file would stay behind: retention removes both
+
+
+@admin.register(Domain)
+class DomainAdmin(AuditedAdmin[Domain]):
+    """Read-only: domains are added, checked and removed through the API (a removal must refresh the
+    app's route, which only the service does)."""
+
+    list_display = ["hostname", "app", "status", "certificate_status", "certificate_expires_at", "created_at"]
+    list_filter = ["status", "certificate_status", "created_at"]
+    search_fields = ["hostname", "public_id", "app__name", "tenant__slug"]
+    list_select_related = ["app", "app__tenant", "tenant"]
+    fields = (
+        "public_id",
+        "hostname",
+        "app",
+        "tenant",
+        "status",
+        "verified_at",
+        "checked_at",
+        "check_found",
+        "check_error",
+        "check_count",
+        "next_check_at",
+        "check_until",
+        "certificate_status",
+        "certificate_expires_at",
+        "certificate_issuer",
+        "certificate_checked_at",
+        "created_at",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Domain | None = None) -> bool:
+        return False
 
 
 @admin.register(WebhookDelivery)

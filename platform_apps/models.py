@@ -30,6 +30,8 @@ class App(auto_prefetch.Model):
     memory_mb = models.PositiveIntegerField(default=256)
     cpus = models.DecimalField(max_digits=4, decimal_places=2, default=1)
     deploy_branch = models.CharField(max_length=255, default="main")
+    # Plain HTTP requests to any of the app's hostnames are redirected (308) to HTTPS.
+    force_https = models.BooleanField(default=False)
     webhook_secret_encrypted = models.TextField(blank=True, default="", editable=False)
     live_deployment = auto_prefetch.ForeignKey(
         "platform_apps.Deployment",
@@ -461,3 +463,70 @@ class StorageUsage(auto_prefetch.Model):
     @property
     def total_bytes(self) -> int:
         return int(self.image_bytes) + int(self.build_bytes)
+
+
+class Domain(auto_prefetch.Model):
+    """A custom hostname a tenant wants for an app. It is routed and certified only once `verified`: its
+    owner published the TXT record the API asked for (`verification_token`, per tenant and hostname).
+
+    A hostname is unique among verified domains; pending claims of one name by several tenants may coexist,
+    so a squatter's pending claim never blocks the name's real owner."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        VERIFIED = "verified", "Verified"
+        FAILED = "failed", "Failed"
+
+    class CertificateStatus(models.TextChoices):
+        NONE = "", "None"
+        PENDING = "pending", "Pending"
+        ISSUED = "issued", "Issued"
+
+    tenant = auto_prefetch.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="domains")
+    app = auto_prefetch.ForeignKey(App, on_delete=models.CASCADE, related_name="domains")
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    hostname = models.CharField(max_length=253, editable=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    verification_token = models.CharField(max_length=64, editable=False)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    # The last ownership check: when, the TXT values found, and why it could not look (DNS errors).
+    checked_at = models.DateTimeField(null=True, blank=True)
+    check_found = models.JSONField(default=list, blank=True)
+    check_error = models.CharField(max_length=300, blank=True, default="")
+    check_count = models.PositiveIntegerField(default=0)
+    next_check_at = models.DateTimeField(null=True, blank=True)
+    # Pending domains are re-checked until then; afterwards they are `failed` until verify is asked again.
+    check_until = models.DateTimeField(null=True, blank=True)
+    certificate_status = models.CharField(
+        max_length=16, choices=CertificateStatus.choices, default=CertificateStatus.NONE, blank=True
+    )
+    certificate_expires_at = models.DateTimeField(null=True, blank=True)
+    certificate_issuer = models.CharField(max_length=300, blank=True, default="")
+    certificate_checked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects: ClassVar[auto_prefetch.Manager[Domain]] = auto_prefetch.Manager()
+
+    class Meta(auto_prefetch.Model.Meta):
+        ordering = ["app", "hostname"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hostname"], condition=models.Q(status="verified"), name="domain_verified_hostname_unique"
+            ),
+            models.UniqueConstraint(fields=["tenant", "hostname"], name="domain_hostname_unique_per_tenant"),
+        ]
+        indexes = [
+            models.Index(fields=["hostname", "status"]),
+            models.Index(fields=["status", "next_check_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+    @property
+    def verification_name(self) -> str:
+        return f"{DOMAIN_CHALLENGE_LABEL}.{self.hostname}"
+
+
+DOMAIN_CHALLENGE_LABEL = "_coltsfoot-challenge"

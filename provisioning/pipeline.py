@@ -40,6 +40,7 @@ from drivers import cgroups
 from drivers import logstore
 from drivers import podman
 from platform_apps.deployments.services import git_validate
+from platform_apps.domains.selectors import route_hostnames
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
@@ -774,11 +775,39 @@ def upstreams_of(deployment: Deployment) -> list[str]:
     return [f"{r.address}:{APP_PORT}" for r in replicas if r.address]
 
 
+def edge_https_port() -> int:
+    """The port the edge serves HTTPS on (where force_https redirects to)."""
+    listen = str(settings.EDGE_TLS_LISTEN)
+    return caddy_routes.listen_port(listen) if listen else 443
+
+
 def app_route_for(app: App, upstreams: list[str]) -> caddy_routes.JsonObject:
-    """The app's route to `upstreams`, or its 503 page when none serves."""
+    """The app's route to `upstreams` for its platform hostname and its verified domains, or its 503
+    page when none serves (the suspended page while its tenant is suspended)."""
+    hostnames = route_hostnames(app)
+    force, port = bool(app.force_https), edge_https_port()
+    if app.tenant.status == Tenant.Status.SUSPENDED:
+        return caddy_routes.suspended_route(app.public_id, hostnames, force_https=force, https_port=port)
     if upstreams:
-        return caddy_routes.app_route(app.public_id, [app.hostname], upstreams)
-    return caddy_routes.unavailable_route(app.public_id, [app.hostname])
+        return caddy_routes.app_route(app.public_id, hostnames, upstreams, force_https=force, https_port=port)
+    return caddy_routes.unavailable_route(app.public_id, hostnames, force_https=force, https_port=port)
+
+
+def route_refresh(app: App) -> bool:
+    """Rewrite the route of a live app with its current hostnames and settings (a domain verified or
+    removed, force_https changed): one request. False when the app has no route to refresh."""
+    if app.state != App.State.ACTIVE or app.live_deployment_id is None:
+        return False
+    if Deployment.objects.filter(app=app, state=Deployment.State.STARTING).exists():
+        # A deploy is about to switch the route itself (reading the hostnames then); writing the current
+        # live deployment's upstreams now could undo its switch. The reconciler repairs anything missed.
+        return False
+    live = Deployment.objects.filter(pk=App.objects.filter(pk=app.pk).values("live_deployment")[:1]).first()
+    if live is None:
+        return False
+    with CaddyClient.from_settings() as caddy:
+        caddy.route_set(app_route_for(app, upstreams_of(live)))
+    return True
 
 
 def route_switch(deployment: Deployment, upstreams: list[str]) -> bool:
@@ -789,7 +818,15 @@ def route_switch(deployment: Deployment, upstreams: list[str]) -> bool:
     """
     app = deployment.app
     with CaddyClient.from_settings() as caddy:
-        caddy.route_upsert(app.public_id, [app.hostname], upstreams)
+        # The hostnames are read now, at the switch, so a domain verified during the deploy is routed.
+        route = caddy_routes.app_route(
+            app.public_id,
+            route_hostnames(app),
+            upstreams,
+            force_https=bool(app.force_https),
+            https_port=edge_https_port(),
+        )
+        caddy.route_set(route)
         won = App.objects.filter(
             Q(live_deployment__isnull=True) | Q(live_deployment__number__lte=deployment.number), pk=app.pk
         ).update(live_deployment=deployment)

@@ -47,6 +47,7 @@ from platform_apps.models import Deployment
 from platform_apps.models import RedisAddon
 from provisioning import addons
 from provisioning import backups
+from provisioning import domains
 from provisioning import leases as named_lease
 from provisioning import pipeline
 from provisioning import platform_backup
@@ -842,3 +843,65 @@ def addon_backups_daily(self: PlatformTask) -> dict[str, int]:
         "pruned": backups.backups_prune(),
         "orphans": backups.orphan_files_remove(),
     }
+
+
+# --- Custom domains -------------------------------------------------------------------------
+
+
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.domain_verify")
+def domain_verify(self: PlatformTask, domain_id: str) -> str:
+    """Check a pending domain's TXT record now (asked for by the API, or due by its backoff)."""
+    return domains.domain_check(uuid.UUID(domain_id))
+
+
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.domain_certificate_check")
+def domain_certificate_check(self: PlatformTask, domain_id: str) -> bool:
+    """Have the edge present the verified domain's certificate and record its expiry; retried with
+    backoff while there is none yet (beat looks again after that)."""
+    try:
+        return domains.certificate_check(uuid.UUID(domain_id))
+    except Exception as exc:
+        self.retry_if_transient(exc)
+        logger.warning("custom domain certificate not seen", extra={"domain_id": domain_id, "error": str(exc)})
+        return False
+
+
+# How often a route refresh waits for another refresh of the same app before it gives up (the reconciler
+# then brings the route in line anyway).
+ROUTE_REFRESH_WAITS = 60
+
+
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.app_route_refresh", max_retries=ROUTE_REFRESH_WAITS)
+def app_route_refresh(self: PlatformTask, app_id: str) -> bool:
+    """Rewrite a live app's route with its current hostnames (a domain verified or removed) and
+    force_https. Idempotent: it writes what the DB says now, whenever it runs."""
+    app: App | None = App.objects.select_related("tenant").filter(public_id=uuid.UUID(app_id)).first()
+    if app is None:
+        return False
+    bind(tenant_id=app.tenant.public_id, app_id=app.public_id)
+    # One refresh of an app at a time: two running side by side could each read the hostnames before the
+    # other's change and the older read could be written last. The next one waits its turn instead.
+    lease, owner = f"route-refresh-{app_id}", str(self.request.id or uuid.uuid4())
+    if not named_lease.lease_acquire(lease, owner, float(settings.CADDY_TIMEOUT_SECONDS) * 6):
+        raise self.retry(countdown=0.5 + random.random(), max_retries=ROUTE_REFRESH_WAITS)  # noqa: S311
+    try:
+        refreshed = pipeline.route_refresh(app)
+    except Exception as exc:
+        self.retry_if_transient(exc)
+        raise
+    finally:
+        named_lease.lease_release(lease, owner)
+    if refreshed:
+        logger.info("app route refreshed")
+    return refreshed
+
+
+@shared_task(bind=True, base=PlatformTask, name="coltsfoot.domains_check")
+def domains_check(self: PlatformTask) -> dict[str, int]:
+    """Beat: queue the ownership checks and certificate looks that are due."""
+    pending, certificates = domains.due()
+    for domain_id in pending:
+        domain_verify.delay(domain_id)
+    for domain_id in certificates:
+        domain_certificate_check.delay(domain_id)
+    return {"verify": len(pending), "certificates": len(certificates)}

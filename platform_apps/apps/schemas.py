@@ -12,6 +12,7 @@ from typing import cast
 
 from ninja import Schema
 from pydantic import Field
+from pydantic import StrictBool
 from pydantic import StrictInt
 from pydantic import StrictStr
 
@@ -39,6 +40,7 @@ class AppPatchIn(StrictIn):
     memory_mb: MemoryMb | None = None
     cpus: Cpus | None = None
     deploy_branch: Branch | None = None
+    force_https: StrictBool | None = Field(None, description="Redirect plain-HTTP requests to HTTPS (308).")
 
 
 class AppOut(Schema):
@@ -51,6 +53,7 @@ class AppOut(Schema):
     memory_mb: int
     cpus: float
     deploy_branch: str
+    force_https: bool
     live_deployment_id: uuid.UUID | None
     status: Literal["running", "degraded", "crashed", "stopped", "deploying"] = Field(
         description="deploying: a deployment is in flight; stopped: nothing is live; running: every replica "

@@ -151,9 +151,15 @@ def app_update(*, app: App, changes: dict[str, Any]) -> App:
     if cpus is not None:
         app.cpus = cpus
         fields.append("cpus")
+    if changes.get("force_https") is not None and bool(changes["force_https"]) != app.force_https:
+        app.force_https = bool(changes["force_https"])
+        fields.append("force_https")
     if fields:
         app.save(update_fields=[*fields, "updated_at"])
         logger.info("app updated", extra={"fields": fields})
+    if "force_https" in fields:
+        # The route's redirect changes now, without a release.
+        enqueue_on_commit("coltsfoot.app_route_refresh", str(app.public_id))
     release = None
     if {"replicas", "memory_mb", "cpus"} & set(fields):
         # Scaling takes effect now: the live image is released again with the new size.

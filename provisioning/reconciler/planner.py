@@ -141,13 +141,14 @@ def desired_route(app: LiveApp, serving: frozenset[str], port: int) -> JsonObjec
     """The app's route: the "suspended" page if its tenant is, else its serving replicas in index
     order, or the 503 page if none serves."""
     hostnames = list(app.hostnames)
+    force, https_port = app.force_https, app.https_port
     if app.suspended:
-        return suspended_route(app.app_id, hostnames)
+        return suspended_route(app.app_id, hostnames, force_https=force, https_port=https_port)
     ordered = sorted(app.replicas, key=lambda r: r.index)
     upstreams = [f"{r.address}:{port}" for r in ordered if r.name in serving and r.address]
     if upstreams:
-        return app_route(app.app_id, hostnames, upstreams)
-    return unavailable_route(app.app_id, hostnames)
+        return app_route(app.app_id, hostnames, upstreams, force_https=force, https_port=https_port)
+    return unavailable_route(app.app_id, hostnames, force_https=force, https_port=https_port)
 
 
 def route_hold_until(app: LiveApp, observed: Observed, serving: frozenset[str], current: JsonObject | None,

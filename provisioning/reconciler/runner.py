@@ -31,6 +31,7 @@ from core.faults import DeployError
 from drivers import firewall
 from drivers import podman
 from platform_apps.deployments.services import release_current
+from platform_apps.domains.selectors import verified_hostnames
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
@@ -107,8 +108,13 @@ def load_desired() -> Desired:
     apps = list(
         App.objects.filter(state=App.State.ACTIVE, live_deployment__isnull=False)
         .select_related("tenant", "live_deployment")
-        .only("public_id", "hostname", "tenant__public_id", "tenant__status", "live_deployment__public_id")
+        .only(
+            "public_id", "hostname", "force_https", "tenant__public_id", "tenant__status", "live_deployment__public_id"
+        )
     )
+    # The verified custom domains are part of each route: a repair must never drop them (one query).
+    domains = verified_hostnames(app.pk for app in apps)
+    https_port = pipeline.edge_https_port()
     rows: dict[int, list[ReplicaRow]] = defaultdict(list)
     for replica in Replica.objects.filter(deployment_id__in=[app.live_deployment_id for app in apps]):
         rows[replica.deployment_id].append(_row(replica))
@@ -126,10 +132,12 @@ def load_desired() -> Desired:
                 tenant_id=app.tenant.public_id,
                 deployment_id=deployment.public_id,
                 network=runtime.tenant_network(app.tenant.public_id),
-                hostnames=(app.hostname,),
+                hostnames=(app.hostname, *domains.get(app.pk, [])),
                 replicas=tuple(sorted(rows.get(deployment.pk, []), key=lambda r: r.index)),
                 switching=app.pk in switching,
                 suspended=app.tenant.status == Tenant.Status.SUSPENDED,
+                force_https=bool(app.force_https),
+                https_port=https_port,
             )
         )
     return Desired(apps=tuple(live), apps_routing_soon=frozenset(app_id for _pk, app_id, _state in in_flight))
@@ -488,6 +496,8 @@ def with_addresses(desired: Desired, serving: dict[str, str]) -> Desired:
                 replicas=replicas,
                 switching=app.switching,
                 suspended=app.suspended,
+                force_https=app.force_https,
+                https_port=app.https_port,
             )
         )
     return Desired(apps=tuple(apps), deployments=desired.deployments, apps_routing_soon=desired.apps_routing_soon)

@@ -46,6 +46,9 @@ class LiveApp:
     switching: bool = False
     # Its tenant is suspended: the edge answers the "suspended" page (its replicas keep running).
     suspended: bool = False
+    # Plain-HTTP requests are redirected to HTTPS on this port.
+    force_https: bool = False
+    https_port: int = 443
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from devstack.services import Service
 from devstack.services import log_sections
 from devstack.stack import Stack
 from devstack.stack import isolated_stack as make_isolated_stack
+from tests.integration.dns_server import LocalDnsServer
 
 # Short leases and reconcile period, so a killed worker's deployment is picked up again within seconds; local
 # git repositories allowed; a generous replica start deadline for a loaded 2-core machine. Tenant containers
@@ -96,6 +97,18 @@ def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Generator[Regis
 
 
 @pytest.fixture(scope="session")
+def dns_server() -> Generator[LocalDnsServer]:
+    """An authoritative DNS server on a free loopback port that the platform's ownership checks ask
+    (COLTSFOOT_DNS_RESOLVER); tests publish the TXT records a tenant would."""
+    server = LocalDnsServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def instance_id() -> str:
     """This session's COLTSFOOT_INSTANCE_ID: the value of the `coltsfoot.instance` label on every podman object
     the platform creates, so teardown removes exactly this session's leftovers."""
@@ -112,8 +125,10 @@ def platform(
     postgres_server: PostgresServer,
     pgbouncer_server: PgBouncerServer,
     registry_server: RegistryServer,
+    dns_server: LocalDnsServer,
 ) -> Generator[Platform]:
-    """The Coltsfoot stack, migrated, with a Celery worker, beat and the API running.
+    """The Coltsfoot stack, migrated, with a Celery worker, beat and the API running, its edge on HTTP and
+    HTTPS (`caddy_server.tls_listen`) and its DNS ownership checks asking `dns_server`.
 
     Leases and the reconcile period are short here, so a killed worker's deployment is picked up
     again within seconds; local git repositories and a plain-HTTP local registry are allowed."""
@@ -128,6 +143,7 @@ def platform(
             **PLATFORM_TEST_ENV,
             "COLTSFOOT_IMAGE_PULL_TLS_VERIFY": "0",
             "COLTSFOOT_IMAGE_ALLOWED_REGISTRIES": f"docker.io,ghcr.io,quay.io,{registry_server.host}",
+            "COLTSFOOT_DNS_RESOLVER": dns_server.address,
         },
     )
     yield from _run(platform)

@@ -49,6 +49,7 @@ def state_env(tmp_path: Path) -> Generator[dict[str, str]]:
             "COLTSFOOT_PGBOUNCER_PORT": str(free_port("0.0.0.0")),  # noqa: S104
             "COLTSFOOT_API_BIND": f"127.0.0.1:{free_port()}",
             "COLTSFOOT_EDGE_LISTEN": f"127.0.0.1:{free_port()}",
+            "COLTSFOOT_EDGE_TLS_LISTEN": f"127.0.0.1:{free_port()}",
             "COLTSFOOT_CADDY_ADMIN_URL": f"http://127.0.0.1:{free_port()}",
         }
     )

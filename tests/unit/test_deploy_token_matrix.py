@@ -21,6 +21,7 @@ from platform_apps.models import AddonBackup
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
+from platform_apps.models import Domain
 from platform_apps.models import RedisAddon
 from tenants.models import ApiToken
 
@@ -42,6 +43,7 @@ class World:
     deployments: dict[str, str]  # "A"/"B" -> a live deployment of that app
     backups: dict[str, str]  # "A"/"B" -> a finished backup of that app's database
     spare_token_id: str
+    domains: dict[str, str]  # "A"/"B" -> a pending custom domain of that app
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,10 @@ def _backup(method: str, suffix: str = "") -> Callable[[World, str], Call]:
     return lambda world, which: Call(
         method, f"/apps/{world.apps[which]}/addons/postgres/backups/{world.backups[which]}{suffix}"
     )
+
+
+def _domain(method: str, suffix: str = "") -> Callable[[World, str], Call]:
+    return lambda world, which: Call(method, f"/apps/{world.apps[which]}/domains/{world.domains[which]}{suffix}")
 
 
 def _rollback(world: World, which: str) -> Call:
@@ -113,6 +119,12 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/apps/{app_id}/addons/postgres/backups/{backup_id}"): Rule(_backup("GET"), 403, 200),
     ("POST", "/apps/{app_id}/addons/postgres/backups/{backup_id}/restore"): Rule(_backup("POST", "/restore"), 403, 403),
     ("GET", "/apps/{app_id}/addons/postgres/backups/{backup_id}/download"): Rule(_backup("GET", "/download"), 403, 403),
+    # Custom domains: listed and read with apps:read, added, checked and removed with apps:write.
+    ("POST", "/apps/{app_id}/domains"): Rule(_app("POST", "/domains", {"hostname": "new.example.org"}), 403, 403),
+    ("GET", "/apps/{app_id}/domains"): Rule(_app("GET", "/domains"), 403, 200),
+    ("GET", "/apps/{app_id}/domains/{domain_id}"): Rule(_domain("GET"), 403, 200),
+    ("POST", "/apps/{app_id}/domains/{domain_id}/verify"): Rule(_domain("POST", "/verify"), 403, 403),
+    ("DELETE", "/apps/{app_id}/domains/{domain_id}"): Rule(_domain("DELETE"), 403, 403),
     # Tenant-wide: apps and tokens. Tokens need apps:write even to be listed.
     ("POST", "/apps"): Rule(lambda w, _: Call("POST", "/apps", {"name": "gamma"}), 403, 403, per_app=False),
     ("GET", "/apps"): Rule(lambda w, _: Call("GET", "/apps"), 403, 200, per_app=False),
@@ -147,6 +159,7 @@ def world(owner: Actor, settings: Any, tmp_path: Any) -> World:
     apps: dict[str, str] = {}
     deployments: dict[str, str] = {}
     backups: dict[str, str] = {}
+    domains: dict[str, str] = {}
     for which, name in (("A", "alpha"), ("B", "beta")):
         app_id = _ok(owner.call("POST", "/apps", {"name": name}), 201)["id"]
         apps[which] = app_id
@@ -165,8 +178,18 @@ def world(owner: Actor, settings: Any, tmp_path: Any) -> World:
             app=addon.app, addon=addon, state=AddonBackup.State.SUCCEEDED, key_encrypted=crypto.encrypt("k")
         )
         backups[which] = str(backup.public_id)
+        domains[which] = _ok(owner.call("POST", f"/apps/{app_id}/domains", {"hostname": f"{name}.example.org"}), 201)[
+            "id"
+        ]
     spare = _mint(owner, "spare", ["apps:read"])
-    return World(owner=owner, apps=apps, deployments=deployments, backups=backups, spare_token_id=spare["id"])
+    return World(
+        owner=owner,
+        apps=apps,
+        deployments=deployments,
+        backups=backups,
+        spare_token_id=spare["id"],
+        domains=domains,
+    )
 
 
 def _actor(world: World, scopes: list[str], app: str | None) -> Actor:
@@ -197,6 +220,7 @@ def snapshot() -> tuple[list[Any], ...]:
         list(Addon.objects.order_by("pk").values_list("public_id", "state")),
         list(RedisAddon.objects.order_by("pk").values_list("public_id", "state", "maxmemory_mb", "policy")),
         list(ApiToken.objects.order_by("pk").values_list("public_id", "scopes", "revoked_at")),
+        list(Domain.objects.order_by("pk").values_list("public_id", "hostname", "status", "next_check_at")),
     )
 
 
