@@ -23,6 +23,8 @@ from platform_apps.models import RedisAddon
 router = Router(tags=["config and add-ons"])
 
 ERRORS = error_responses(401, 403, 404, 409, 413, 422)
+# Endpoints that read a JSON body also answer 400 for one that is not JSON.
+BODY_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422)
 
 
 @router.post(
@@ -60,7 +62,7 @@ def addon_delete(request: HttpRequest, app_id: uuid.UUID) -> Status[Addon]:
 
 @router.post(
     "/apps/{app_id}/addons/redis",
-    response={202: RedisAddonOut, **ERRORS},
+    response={202: RedisAddonOut, **BODY_ERRORS},
     summary="Add a Redis",
     operation_id="platform_apps_addons_api_redis_create",
 )
@@ -88,7 +90,7 @@ def redis_get(request: HttpRequest, app_id: uuid.UUID) -> RedisAddon:
 
 @router.patch(
     "/apps/{app_id}/addons/redis",
-    response={200: RedisAddonOut, **ERRORS},
+    response={200: RedisAddonOut, **BODY_ERRORS},
     summary="Change the Redis's maxmemory or eviction policy",
     operation_id="platform_apps_addons_api_redis_update",
 )

@@ -21,11 +21,13 @@ from platform_apps.models import Domain
 router = Router(tags=["domains"])
 
 ERRORS = error_responses(401, 403, 404, 409, 422)
+# The one endpoint that reads a JSON body also answers 400 (not JSON) and 413 (too large).
+BODY_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422)
 
 
 @router.post(
     "/apps/{app_id}/domains",
-    response={201: DomainOut, **ERRORS},
+    response={201: DomainOut, **BODY_ERRORS},
     summary="Add a custom domain (pending until its TXT record is found)",
     operation_id="platform_apps_domains_api_domain_create",
 )

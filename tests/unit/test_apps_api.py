@@ -273,6 +273,32 @@ def test_health_and_openapi(client: Any):
     assert client.get("/api/v1/docs").status_code == 200
 
 
+def test_every_endpoint_that_reads_json_documents_the_400_for_a_body_that_is_not(client: Any, owner: Actor):
+    spec = client.get("/api/v1/openapi.json").json()
+    reading = [
+        (method.upper(), path)
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if "application/json" in (operation.get("requestBody") or {}).get("content", {})
+    ]
+    assert ("POST", "/api/v1/apps/{app_id}/domains") in reading
+    undocumented = [
+        (method, path) for method, path in reading if "400" not in spec["paths"][path][method.lower()]["responses"]
+    ]
+    assert undocumented == []
+    # And what they document is what they answer.
+    app_id = owner.call("POST", "/apps", {"name": "bodies"}).json()["id"]
+    for method, path in (("POST", "domains"), ("POST", "addons/redis"), ("PATCH", "addons/redis")):
+        response = getattr(owner.client, method.lower())(
+            f"/api/v1/apps/{app_id}/{path}",
+            data=b"\xfe{not json",
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {owner.token}",
+        )
+        assert response.status_code == 400, (method, path, response.content)
+        assert response.json()["error"]["code"] == "request.malformed"
+
+
 def test_scaling_a_live_app_re_releases_it(owner: Actor, django_capture_on_commit_callbacks: Any):
     from platform_apps.models import Deployment
 
