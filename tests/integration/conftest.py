@@ -169,9 +169,10 @@ def isolated_stack(
       (same platform DB, same ports) and waits for each service.
     Teardown stops it and removes everything in podman labelled with its instance."""
     directory = _session_dir(tmp_path_factory, "isolated")
-    stack = make_isolated_stack(
-        directory, postgres=postgres_server, pgbouncer=pgbouncer_server, extra_env=dict(PLATFORM_TEST_ENV)
-    )
+    # A restart backoff of 2, 4, 8 s (not 1, 2, 4): the crash-loop test sees the gaps grow by more than a
+    # loaded machine's jitter in how long each restart takes.
+    env = {**PLATFORM_TEST_ENV, "COLTSFOOT_RESTART_BACKOFF_BASE": "2"}
+    stack = make_isolated_stack(directory, postgres=postgres_server, pgbouncer=pgbouncer_server, extra_env=env)
     failure = None
     try:
         stack.up()
