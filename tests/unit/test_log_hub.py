@@ -114,12 +114,12 @@ def test_when_the_store_stays_away_the_stream_ends_unavailable(log_store, settin
     settings.LOG_HEARTBEAT_SECONDS = 5
     settings.LOG_STREAM_MAX_SECONDS = 30
 
-    async def go() -> list[str]:
+    async def go() -> list[bytes]:
         async with asyncio.timeout(20):
-            return [text async for text in streams.events(APP, history=[], cursor="0-0", match=logstore.Matcher())]
+            return [chunk async for chunk in streams.events(APP, history=[], cursor="0-0", match=logstore.Matcher())]
 
     events = _run(go)
-    assert events[-1] == 'event: end\ndata: {"reason": "unavailable"}\n\n'
+    assert events[-1] == b'event: end\ndata: {"reason": "unavailable"}\n\n'
 
 
 @pytest.mark.parametrize("cursor", ["0-0", "1700000000000-0", "1700000000000-12"])
