@@ -80,11 +80,12 @@ def _check_deploy_rate(app: App) -> None:
         .order_by("-created_at")
         .values_list("created_at", flat=True)
     )
-    times = list(recent[:limit])
-    if len(times) < limit:
+    # Only the `limit`-th newest deploy of the window matters (one row read, however high the limit): the window
+    # has room again once it leaves. A limit of 0 turns the tenants' deploys off.
+    nth = list(recent[limit - 1 : limit]) if limit > 0 else [timezone.now()]
+    if not nth:
         return
-    # The window has room again once the oldest of the last `limit` deploys leaves it.
-    retry_after = math.ceil((times[-1] + DEPLOY_RATE_WINDOW - timezone.now()).total_seconds())
+    retry_after = math.ceil((nth[0] + DEPLOY_RATE_WINDOW - timezone.now()).total_seconds())
     raise RateLimited(
         f"This tenant may deploy at most {limit} times per hour; try again in {max(1, retry_after)} s.",
         retry_after=retry_after,

@@ -64,6 +64,28 @@ def test_deploy_rate_per_tenant_is_429_with_retry_after(owner: Actor, app: dict[
     assert deploy(owner, app).status_code == 202
 
 
+def test_deploy_rate_retry_after_counts_from_the_oldest_of_the_last_limit_deploys(
+    owner: Actor, app: dict[str, Any], settings: Any
+):
+    settings.DEPLOY_RATE_PER_HOUR = 3
+    assert [deploy(owner, app).status_code for _ in range(4)] == [202, 202, 202, 429]
+    now = timezone.now()
+    for deployment, minutes in zip(Deployment.objects.order_by("number"), (55, 50, 20), strict=True):
+        Deployment.objects.filter(pk=deployment.pk).update(created_at=now - timedelta(minutes=minutes))
+    # Three deploys in the last hour (55, 50 and 20 minutes ago): the one 55 minutes ago leaves first.
+    limited = deploy(owner, app)
+    assert limited.status_code == 429
+    assert 250 <= int(limited["Retry-After"]) <= 300
+
+
+def test_deploy_rate_of_zero_turns_deploys_off(owner: Actor, app: dict[str, Any], settings: Any):
+    settings.DEPLOY_RATE_PER_HOUR = 0
+    limited = deploy(owner, app)
+    assert limited.status_code == 429
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert Deployment.objects.count() == 0
+
+
 def test_deploy_rate_ignores_the_platforms_own_releases(owner: Actor, app: dict[str, Any], settings: Any):
     settings.DEPLOY_RATE_PER_HOUR = 1
     first = deploy(owner, app).json()
