@@ -15,7 +15,6 @@ from unittest import mock
 import pytest
 
 from devstack.services import UpstreamDnsServer
-from drivers import upstream_hosts
 from drivers.upstream_hosts import UpstreamHosts
 from drivers.upstream_hosts import upstream_name
 
@@ -54,7 +53,7 @@ def test_a_rewrite_replaces_the_file_in_one_step_and_leaves_no_temp_file(hosts: 
 def test_a_write_that_fails_halfway_leaves_the_old_file_and_no_temp_file(hosts: UpstreamHosts) -> None:
     hosts.write(APP, ["10.89.0.2"])
 
-    failing = mock.patch.object(upstream_hosts.os, "replace", autospec=True, side_effect=OSError("disk full"))
+    failing = mock.patch("drivers.upstream_hosts.os.replace", autospec=True, side_effect=OSError("disk full"))
     with failing, pytest.raises(OSError, match="disk full"):
         hosts.write(APP, ["10.89.0.4"])
 
