@@ -340,6 +340,7 @@ def build_world(n_apps: int, log_kb: int) -> World:
     from django.conf import settings
     from django.utils import timezone
 
+    from drivers.upstream_hosts import UpstreamHosts
     from platform_apps.models import App
     from platform_apps.models import Deployment
     from platform_apps.models import Replica
@@ -398,9 +399,10 @@ def build_world(n_apps: int, log_kb: int) -> World:
         }
     replicas: list[Replica] = []
     routes: list[dict[str, Any]] = []
+    hosts = UpstreamHosts.from_settings()
     for app, deployment in zip(apps, deployments, strict=True):
         network = runtime.tenant_network(app.tenant.public_id)
-        upstreams = []
+        addresses = []
         for index in range(app.replicas):
             name = pipeline.replica_name(deployment.public_id, index)
             address = fake.next_address()
@@ -428,8 +430,9 @@ def build_world(n_apps: int, log_kb: int) -> World:
                 image=deployment.image_ref,
                 created=started.timestamp(),
             )
-            upstreams.append(f"{address}:{pipeline.APP_PORT}")
-        routes.append(pipeline.app_route_for(app, upstreams))
+            addresses.append(address)
+        routes.append(pipeline.app_route_for(app, addresses))
+        hosts.write(app.public_id, addresses)
     Replica.objects.bulk_create(replicas, batch_size=500)
     return World(
         podman=fake,

@@ -36,13 +36,14 @@ from django.conf import settings
 from caddy.routes import CATCHALL_ROUTE_ID
 from caddy.routes import EDGE_SERVER_NAME
 from caddy.routes import JsonObject
+from caddy.routes import UpstreamLookup
 from caddy.routes import app_route
 from caddy.routes import catchall_route
 from caddy.routes import edge_server
 from caddy.routes import http_ports
 from caddy.routes import pki_app
 from caddy.routes import route_id
-from caddy.routes import route_upstreams
+from caddy.routes import route_upstream_name
 from caddy.routes import tls_automation
 from core.faults import InfrastructureError
 
@@ -181,13 +182,10 @@ class CaddyClient:
                 return
         raise CaddyError("caddy edge server kept changing while being ensured", transient=True)
 
-    def route_upsert(self, app_id: UUID, hostnames: list[str], upstreams: list[str]) -> None:
-        """Point `hostnames` at `upstreams`, creating the app's route if it does not exist.
-
-        Switching an existing route is one PATCH by `@id`: Caddy swaps it in one config load,
-        so no visitor request sees a gap. Raises ValueError for bad hostnames or upstreams.
-        """
-        self.route_set(app_route(app_id, hostnames, upstreams))
+    def route_upsert(self, app_id: UUID, hostnames: list[str], upstream: UpstreamLookup) -> None:
+        """Route `hostnames` to the replicas `upstream` names, creating the app's route if it does not exist.
+        Raises ValueError for bad hostnames or a bad lookup."""
+        self.route_set(app_route(app_id, hostnames, upstream))
 
     def route_set(self, route: JsonObject) -> None:
         """Replace the route with `route`'s `@id` (one PATCH), or insert it before the catch-all."""
@@ -461,7 +459,7 @@ def _route_summary(route: JsonObject) -> str:
     page = next((h for h in handlers if h.get("handler") == "static_response"), None)
     if page is not None:
         return f"hostnames={hosts} status={page.get('status_code')}{redirect}"
-    return f"hostnames={hosts} upstreams={route_upstreams(route)}{redirect}"
+    return f"hostnames={hosts} upstream={route_upstream_name(route)}{redirect}"
 
 
 def _error_from_response(method: str, path: str, response: httpx.Response) -> CaddyError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -26,8 +27,11 @@ LB_TRY_INTERVAL = "250ms"
 DIAL_TIMEOUT = "1s"
 # One failed dial takes a replica out of rotation for this long (passive health check): long
 # enough that a replica that just died is not dialled again before the reconciler has dropped it
-# from the route (see ROUTE_HOLD_SECONDS in provisioning.reconciler.planner), short enough that
-# a single-replica app that blipped is back in rotation soon.
+# from the app's upstream records, short enough that a single-replica app that blipped is back in
+# rotation soon. With dynamic upstreams, Caddy 2.6.2 keeps a replica's failure count only while a
+# request to it is in flight (the upstream's host state is released at the end of each proxy
+# attempt, reverseproxy.go), so under light traffic the check does little; the retries above and
+# the reconciler's prompt removal of dead replicas carry the failover.
 PASSIVE_FAIL_DURATION = "10s"
 
 # Timeouts of the edge server (Go's http.Server underneath). A client must send its request
@@ -39,6 +43,22 @@ PASSIVE_FAIL_DURATION = "10s"
 EDGE_READ_HEADER_TIMEOUT = "10s"
 EDGE_READ_TIMEOUT = "10m"
 EDGE_IDLE_TIMEOUT = "2m"
+
+
+@dataclass(frozen=True)
+class UpstreamLookup:
+    """Where an app route finds its replicas: Caddy's `a` dynamic upstreams, i.e. the A/AAAA records of
+    `name` (asked of the DNS server at `resolver`, `ip:port`, over UDP), each dialled on `port`.
+
+    Caddy 2.6 caches a lookup for `refresh` (a Caddy duration such as "1s") and looks the name up again at the
+    first request after that, so a change of the records reaches traffic within `refresh` of the change, with
+    no config load. The cache is keyed by name and port and survives config loads."""
+
+    name: str
+    port: int
+    resolver: str
+    refresh: str
+
 
 _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _MAX_HOSTNAME_LENGTH = 253
@@ -108,22 +128,32 @@ def https_redirect(https_port: int) -> JsonObject:
     }
 
 
-def app_route(
-    app_id: UUID, hostnames: list[str], upstreams: list[str], *, force_https: bool = False, https_port: int = 443
-) -> JsonObject:
-    """The edge route sending `hostnames` to the app's replicas at `upstreams`; with `force_https`,
-    plain-HTTP requests are redirected to HTTPS on `https_port` first.
+def validate_lookup(lookup: UpstreamLookup) -> UpstreamLookup:
+    """`lookup` if its name, port, resolver and refresh are well-formed, else ValueError."""
+    validate_hostname(lookup.name)
+    if not 1 <= lookup.port <= 65535:
+        raise ValueError(f"invalid upstream port {lookup.port!r}")
+    validate_upstream(lookup.resolver)
+    if not re.fullmatch(r"[1-9][0-9]*(ms|s)", lookup.refresh):
+        raise ValueError(f"invalid refresh {lookup.refresh!r}: expected e.g. 500ms or 1s")
+    return lookup
 
-    Raises ValueError if a hostname or upstream is malformed or either list is empty.
+
+def app_route(
+    app_id: UUID, hostnames: list[str], upstream: UpstreamLookup, *, force_https: bool = False, https_port: int = 443
+) -> JsonObject:
+    """The edge route sending `hostnames` to the app's replicas, which Caddy finds by looking up `upstream`
+    (see `UpstreamLookup`); with `force_https`, plain-HTTP requests are redirected to HTTPS on `https_port`
+    first. The route names no replica: a deploy changes the records behind the name, not the route.
+
+    Raises ValueError if a hostname or the lookup is malformed or there is no hostname.
     """
-    if isinstance(hostnames, str) or isinstance(upstreams, str):
-        raise ValueError("hostnames and upstreams must be lists, not strings")
+    if isinstance(hostnames, str):
+        raise ValueError("hostnames must be a list, not a string")
     hosts = list(dict.fromkeys(validate_hostname(name) for name in hostnames))
-    dials = list(dict.fromkeys(validate_upstream(upstream) for upstream in upstreams))
     if not hosts:
         raise ValueError("a route needs at least one hostname")
-    if not dials:
-        raise ValueError("a route needs at least one upstream")
+    lookup = validate_lookup(upstream)
     redirect = [https_redirect(https_port)] if force_https else []
     return {
         "@id": route_id(app_id),
@@ -132,7 +162,15 @@ def app_route(
             *redirect,
             {
                 "handler": "reverse_proxy",
-                "upstreams": [{"dial": dial} for dial in dials],
+                "dynamic_upstreams": {
+                    "source": "a",
+                    "name": lookup.name,
+                    # Caddy's field is a string (it may hold a placeholder).
+                    "port": str(lookup.port),
+                    "refresh": lookup.refresh,
+                    # udp/: a lookup is one datagram each way (over TCP dnsmasq forks a child per connection).
+                    "resolver": {"addresses": [f"udp/{lookup.resolver}"]},
+                },
                 "load_balancing": {
                     "selection_policy": {"policy": "least_conn"},
                     "try_duration": LB_TRY_DURATION,
@@ -148,16 +186,14 @@ def app_route(
     }
 
 
-def route_upstreams(route: JsonObject) -> list[str]:
-    """The dial addresses an app route sends traffic to ([] for a static page)."""
-    handlers = route.get("handle") or []
-    return [
-        str(upstream.get("dial"))
-        for handler in handlers
-        if isinstance(handler, dict) and handler.get("handler") == "reverse_proxy"
-        for upstream in handler.get("upstreams") or []
-        if isinstance(upstream, dict)
-    ]
+def route_upstream_name(route: JsonObject) -> str | None:
+    """The DNS name an app route looks its replicas up by (None for a static page)."""
+    for handler in route.get("handle") or []:
+        if isinstance(handler, dict) and handler.get("handler") == "reverse_proxy":
+            dynamic = handler.get("dynamic_upstreams")
+            if isinstance(dynamic, dict) and dynamic.get("name"):
+                return str(dynamic["name"])
+    return None
 
 
 UNAVAILABLE_PAGE = (

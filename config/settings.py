@@ -195,6 +195,18 @@ DNS_TIMEOUT_SECONDS = env_float("COLTSFOOT_DNS_TIMEOUT", 3.0)
 DOMAIN_CHECK_SECONDS = env_int("COLTSFOOT_DOMAIN_CHECK_SECONDS", 30)
 DOMAIN_VERIFY_WINDOW_SECONDS = env_int("COLTSFOOT_DOMAIN_VERIFY_WINDOW", 72 * 3600)
 
+# The edge finds an app's replicas by a DNS name (caddy.routes.UpstreamLookup) that the platform's own DNS
+# server answers from one hosts file per app (drivers/upstream_hosts.py): dnsmasq, a process of the stack, on
+# loopback only (tenants must never reach it). A deploy's switch rewrites the app's file and waits
+# UPSTREAM_SWITCH_WAIT_SECONDS (Caddy's lookup refresh and a margin) before the old replicas are retired.
+UPSTREAM_DNS = env_str("COLTSFOOT_UPSTREAM_DNS", "127.0.0.1:5354")
+if not UPSTREAM_DNS.startswith("127."):
+    sys.stderr.write(f"coltsfoot: COLTSFOOT_UPSTREAM_DNS must be a loopback ip:port, got {UPSTREAM_DNS!r}.\n")
+    raise SystemExit(1)
+UPSTREAM_HOSTS_DIR = Path(env_str("COLTSFOOT_UPSTREAM_HOSTS_DIR", str(DATA_DIR / "upstreams")))
+UPSTREAM_REFRESH_MS = env_int("COLTSFOOT_UPSTREAM_REFRESH_MS", 1000)
+UPSTREAM_SWITCH_WAIT_SECONDS = env_float("COLTSFOOT_UPSTREAM_SWITCH_WAIT", UPSTREAM_REFRESH_MS / 1000 + 0.5)
+
 REDIS_URL = env_str("COLTSFOOT_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 # Runtime (podman + gVisor)

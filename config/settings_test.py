@@ -22,6 +22,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = False
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 RETIRE_DRAIN_SECONDS = 0
+# No wait for the edge's lookups after a switch (tests/unit/test_pipeline.py checks the wait itself).
+UPSTREAM_SWITCH_WAIT_SECONDS = 0.0
 # Hermetic: templates name static files as they are, and WhiteNoise serves them from the apps' own
 # directories, so no `collectstatic` is needed. The production storage (hashed, compressed names) is
 # tested on its own in tests/unit/test_static.py.

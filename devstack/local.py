@@ -120,6 +120,7 @@ class LocalConfig:
     edge_listen: str
     edge_tls_listen: str
     caddy_admin_listen: str
+    upstream_dns_port: int
     statement_timeout_ms: int
     idle_tx_timeout_ms: int
 
@@ -140,6 +141,10 @@ class LocalConfig:
         admin_url = env.get("COLTSFOOT_CADDY_ADMIN_URL", "").strip() or "http://127.0.0.1:2019"
         admin_listen = admin_url.split("://", 1)[-1].split("/", 1)[0]
         state = env.get("COLTSFOOT_STATE_DIR", "").strip() or str(Path.home() / ".local" / "state" / "coltsfoot")
+        dns = env.get("COLTSFOOT_UPSTREAM_DNS", "").strip() or "127.0.0.1:5354"
+        dns_host, dns_port = split_host_port(dns)
+        if dns_host != "127.0.0.1":
+            raise ServiceError(f"COLTSFOOT_UPSTREAM_DNS={dns!r}: the platform's DNS server listens on 127.0.0.1 only")
         config = cls(
             state=Path(os.path.realpath(os.path.expanduser(state))),
             redis_port=port("COLTSFOOT_REDIS_PORT", 6390),
@@ -149,6 +154,7 @@ class LocalConfig:
             edge_listen=env.get("COLTSFOOT_EDGE_LISTEN", "").strip() or "127.0.0.1:8080",
             edge_tls_listen=env.get("COLTSFOOT_EDGE_TLS_LISTEN", "").strip() or "127.0.0.1:8443",
             caddy_admin_listen=admin_listen,
+            upstream_dns_port=dns_port,
             statement_timeout_ms=number("COLTSFOOT_TENANT_PG_STATEMENT_TIMEOUT_MS", 30_000),
             idle_tx_timeout_ms=number("COLTSFOOT_TENANT_PG_IDLE_TX_TIMEOUT_MS", 60_000),
         )
@@ -302,6 +308,7 @@ class LocalStack:
             base_env=base_env,
             secret_key=values.get("DJANGO_SECRET_KEY") or "unset",
             extra_env=extra,
+            dns_port=config.upstream_dns_port,
         )
         return Stack([redis, caddy, postgres, pgbouncer, platform])
 

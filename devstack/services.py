@@ -51,6 +51,7 @@ from devstack.process import split_host_port
 from devstack.process import system_path
 from drivers import firewall
 from drivers import pgbouncer as pgbouncer_files
+from drivers.upstream_hosts import UPSTREAM_DOMAIN
 
 logger = logging.getLogger(__name__)
 
@@ -690,6 +691,90 @@ class RegistryServer(ProcessService):
         return http_probe(f"{self.url}/v2/")
 
 
+def dns_answers(host: str, port: int, name: str, *, timeout: float = 1.0) -> bool:
+    """Whether a DNS server answers a query (A record of `name`) over UDP on host:port, whatever its answer."""
+    query_id = secrets.randbelow(0x10000)
+    header = query_id.to_bytes(2, "big") + b"\x01\x00" + (1).to_bytes(2, "big") + b"\x00" * 6
+    question = b"".join(len(label).to_bytes(1, "big") + label.encode("ascii") for label in name.split("."))
+    packet = header + question + b"\x00" + b"\x00\x01\x00\x01"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(timeout)
+            sock.sendto(packet, (host, port))
+            reply = sock.recv(512)
+    except OSError:
+        return False
+    return reply[:2] == query_id.to_bytes(2, "big")
+
+
+class UpstreamDnsServer(ProcessService):
+    """The platform's DNS server for the edge's upstream names (Debian's dnsmasq): answers
+    `<app uuid>.apps.coltsfoot.internal` from one hosts file per app in `hosts_dir`, which it re-reads by itself
+    when a file is replaced or removed (`--hostsdir`, inotify). Bound to 127.0.0.1 only (tenants never reach
+    it: their containers see the host only through their bridge's gateway), it knows nothing else and never
+    forwards a query (`--no-resolv`, `--no-hosts`; other names are REFUSED). In the foreground, logging to
+    stderr, no pid file of its own, and it keeps the uid it was started with (as root dnsmasq would switch to
+    `nobody`, who cannot read a hosts dir under /root)."""
+
+    name = "dns"
+    marker = ("dnsmasq", "--hostsdir")
+    ready_what = "a DNS answer"
+    port_variable = "COLTSFOOT_UPSTREAM_DNS"
+
+    def __init__(
+        self,
+        directory: Path,
+        hosts_dir: Path,
+        *,
+        port: int | None = None,
+        log_dir: Path | None = None,
+        run_dir: Path | None = None,
+    ) -> None:
+        super().__init__(directory, log_dir=log_dir, run_dir=run_dir)
+        self.hosts_dir = hosts_dir
+        self.port = port or free_port()
+        self.listen = f"{LOCALHOST}:{self.port}"
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.hosts_dir.mkdir(parents=True, exist_ok=True)
+
+    def argv(self) -> list[str]:
+        import pwd
+
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        return [
+            require_binary("dnsmasq", "dnsmasq-base"),
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            f"--listen-address={LOCALHOST}",
+            "--bind-interfaces",
+            f"--port={self.port}",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            f"--hostsdir={self.hosts_dir}",
+            # Unknown names of the platform's domain: NXDOMAIN at once (never asked of anyone else).
+            f"--local=/{UPSTREAM_DOMAIN}/",
+            "--log-facility=-",
+            "--pid-file=",
+            f"--user={user}",
+        ]
+
+    def markers(self) -> tuple[str, ...]:
+        return (*self.marker, f"--hostsdir={self.hosts_dir}")
+
+    def listens(self) -> list[tuple[str, int]]:
+        return [(LOCALHOST, self.port)]
+
+    def probe(self) -> str | None:
+        answered = dns_answers(LOCALHOST, self.port, f"probe.{UPSTREAM_DOMAIN}")
+        return None if answered else f"a DNS answer on {self.listen}"
+
+    def describe(self) -> str:
+        return f"{self.listen}, hosts in {self.hosts_dir}"
+
+
 def postgres_bindir() -> Path:
     """Debian keeps the server binaries out of PATH, under /usr/lib/postgresql/<major>/bin."""
     override = os.environ.get("COLTSFOOT_TEST_PG_BINDIR", "").strip()
@@ -859,11 +944,16 @@ class Platform(Service):
         secret_key: str | None = None,
         extra_env: dict[str, str] | None = None,
         with_beat: bool = True,
+        dns_port: int | None = None,
     ) -> None:
         self.dir = directory
         self.data_dir = data_dir or directory / "data"
         self.log_dir = log_dir or directory / "logs"
         self.run_dir = run_dir or directory / "run"
+        # The edge's upstream names: dnsmasq over a hosts dir under the platform's data dir.
+        self.dns = UpstreamDnsServer(
+            directory / "dns", self.data_dir / "upstreams", port=dns_port, log_dir=self.log_dir, run_dir=self.run_dir
+        )
         # HOME of the platform processes: the caller's with `make up`, a directory of the stack's own otherwise.
         self.home = Path(base_env["HOME"]) if base_env and base_env.get("HOME") else directory / "home"
         self.redis = redis
@@ -889,7 +979,7 @@ class Platform(Service):
     @property
     def services(self) -> list[ProcessService]:
         """The platform's processes in start order (stopped in reverse). A new one goes here."""
-        return [self.collector, self.worker, *([self.beat] if self.with_beat else []), self.api]
+        return [self.dns, self.collector, self.worker, *([self.beat] if self.with_beat else []), self.api]
 
     def build_env(self, extra: dict[str, str]) -> dict[str, str]:
         if self.base_env is not None:
@@ -918,6 +1008,8 @@ class Platform(Service):
                 "COLTSFOOT_PGBOUNCER_PORT": str(self.pgbouncer.port),
                 "COLTSFOOT_PGBOUNCER_ADMIN_DSN": self.pgbouncer.admin_dsn,
                 "COLTSFOOT_PGBOUNCER_AUTH_FILE": str(self.pgbouncer.auth_file),
+                "COLTSFOOT_UPSTREAM_DNS": self.dns.listen,
+                "COLTSFOOT_UPSTREAM_HOSTS_DIR": str(self.dns.hosts_dir),
             }
         )
         env.update(extra)
@@ -1045,6 +1137,7 @@ class Platform(Service):
         """Stop the API, beat and worker, then deal with this instance's podman objects (see ContainerPolicy)."""
         for service in reversed([self.collector, self.worker, self.beat, self.api]):
             service.stop()
+        self.dns.stop()  # last: the edge looks every app's replicas up there while anything serves
         self.firewall_remove()
         # After the worker is gone, so nothing recreates containers behind our back.
         if containers == "purge":

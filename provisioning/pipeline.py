@@ -39,6 +39,8 @@ from drivers import buildpack
 from drivers import cgroups
 from drivers import logstore
 from drivers import podman
+from drivers.upstream_hosts import UpstreamHosts
+from drivers.upstream_hosts import upstream_name
 from platform_apps.deployments.services import git_validate
 from platform_apps.domains.selectors import route_hostnames
 from platform_apps.models import App
@@ -716,7 +718,8 @@ def launch_replicas(deployment: Deployment, runtime: Runtime) -> list[str]:
 
 
 def start_replicas(deployment: Deployment, runtime: Runtime) -> list[str]:
-    """Start (or find) the deployment's replicas and wait until each answers HTTP; returns upstreams."""
+    """Start (or find) the deployment's replicas and wait until each answers HTTP; returns their addresses
+    (each serves on APP_PORT)."""
     network = tenant_network(deployment.app.tenant.public_id)
     names = launch_replicas(deployment, runtime)
     deadline = time.monotonic() + float(settings.START_DEADLINE_SECONDS)
@@ -742,7 +745,7 @@ def start_replicas(deployment: Deployment, runtime: Runtime) -> list[str]:
             Replica.objects.filter(deployment=deployment, index=index).exclude(state=Replica.State.RUNNING).update(
                 state=Replica.State.RUNNING
             )
-            upstreams.append(f"{address}:{APP_PORT}")
+            upstreams.append(address)
     step(deployment, "All replicas answer HTTP")
     return upstreams
 
@@ -769,10 +772,10 @@ def newer_deployment_exists(deployment: Deployment) -> bool:
     )
 
 
-def upstreams_of(deployment: Deployment) -> list[str]:
-    """The upstreams of the deployment's replicas, but those known to have crashed."""
-    replicas = Replica.objects.filter(deployment=deployment).exclude(state=Replica.State.CRASHED)
-    return [f"{r.address}:{APP_PORT}" for r in replicas if r.address]
+def addresses_of(deployment: Deployment) -> list[str]:
+    """The addresses of the deployment's replicas, but those known to have crashed."""
+    replicas = Replica.objects.filter(deployment=deployment).exclude(state=Replica.State.CRASHED).order_by("index")
+    return [r.address for r in replicas if r.address]
 
 
 def edge_https_port() -> int:
@@ -781,16 +784,54 @@ def edge_https_port() -> int:
     return caddy_routes.listen_port(listen) if listen else 443
 
 
-def app_route_for(app: App, upstreams: list[str]) -> caddy_routes.JsonObject:
-    """The app's route to `upstreams` for its platform hostname and its verified domains, or its 503
-    page when none serves (the suspended page while its tenant is suspended)."""
+def upstream_refresh() -> str:
+    """How long the edge keeps a lookup of an app's upstream name (a Caddy duration)."""
+    return f"{int(settings.UPSTREAM_REFRESH_MS)}ms"
+
+
+def upstream_lookup(app: App) -> caddy_routes.UpstreamLookup:
+    """How the edge finds the app's replicas: its name at the platform's DNS server, each on APP_PORT."""
+    return caddy_routes.UpstreamLookup(
+        name=upstream_name(app.public_id),
+        port=APP_PORT,
+        resolver=str(settings.UPSTREAM_DNS),
+        refresh=upstream_refresh(),
+    )
+
+
+def app_route_for(app: App, addresses: list[str]) -> caddy_routes.JsonObject:
+    """The app's route for its platform hostname and its verified domains: to its replicas (by their upstream
+    name) when `addresses` has one, else its 503 page (the suspended page while its tenant is suspended)."""
     hostnames = route_hostnames(app)
     force, port = bool(app.force_https), edge_https_port()
     if app.tenant.status == Tenant.Status.SUSPENDED:
         return caddy_routes.suspended_route(app.public_id, hostnames, force_https=force, https_port=port)
-    if upstreams:
-        return caddy_routes.app_route(app.public_id, hostnames, upstreams, force_https=force, https_port=port)
+    if addresses:
+        return caddy_routes.app_route(
+            app.public_id, hostnames, upstream_lookup(app), force_https=force, https_port=port
+        )
     return caddy_routes.unavailable_route(app.public_id, hostnames, force_https=force, https_port=port)
+
+
+def edge_apply(caddy: CaddyClient, app: App, addresses: list[str], *, context: dict[str, str]) -> None:
+    """Send the app's traffic to `addresses`: rewrite its upstream hosts file, and its route only if the
+    route's shape differs from what Caddy has (a first deploy, a domain, force_https, the 503 page): a read,
+    not a config load, when it does not. Addresses go in before a route that looks them up, and out after a
+    route that stops looking them up, so the name never lacks an address while a route uses it."""
+    route = app_route_for(app, addresses)
+    hosts = UpstreamHosts.from_settings()
+    if addresses:
+        hosts.write(app.public_id, addresses, context=context)
+    if caddy.route_get(app.public_id) != route:
+        caddy.route_set(route)
+    if not addresses:
+        hosts.write(app.public_id, [], context=context)
+
+
+def switch_wait(seconds: float) -> None:
+    """Wait for the edge to have looked the app's name up again after a switch (a seam for the tests)."""
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def route_refresh(app: App) -> bool:
@@ -800,41 +841,38 @@ def route_refresh(app: App) -> bool:
         return False
     if Deployment.objects.filter(app=app, state=Deployment.State.STARTING).exists():
         # A deploy is about to switch the route itself (reading the hostnames then); writing the current
-        # live deployment's upstreams now could undo its switch. The reconciler repairs anything missed.
+        # live deployment's replicas now could undo its switch. The reconciler repairs anything missed.
         return False
     live = Deployment.objects.filter(pk=App.objects.filter(pk=app.pk).values("live_deployment")[:1]).first()
     if live is None:
         return False
     with CaddyClient.from_settings() as caddy:
-        caddy.route_set(app_route_for(app, upstreams_of(live)))
+        edge_apply(caddy, app, addresses_of(live), context=log_context(live))
     return True
 
 
-def route_switch(deployment: Deployment, upstreams: list[str]) -> bool:
-    """Point the app's route at `upstreams` and make this deployment the app's live one.
+def route_switch(deployment: Deployment, addresses: list[str]) -> bool:
+    """Send the app's traffic to the replicas at `addresses` and make this deployment the app's live one.
 
-    Returns False when a newer deployment won the race; the route then points at whatever is
-    live (one request), and the caller retires this deployment.
+    The switch is a rewrite of the app's upstream hosts file (and a route change only when the route's shape
+    changes, e.g. on the first deploy); it returns once the edge has had time to look the name up again
+    (UPSTREAM_SWITCH_WAIT_SECONDS: Caddy's refresh and a margin), so the caller may retire the previous
+    replicas. Returns False when a newer deployment won the race; the edge then goes back to whatever is live
+    (after the same wait), and the caller retires this deployment.
     """
     app = deployment.app
+    context = log_context(deployment)
     with CaddyClient.from_settings() as caddy:
         # The hostnames are read now, at the switch, so a domain verified during the deploy is routed.
-        route = caddy_routes.app_route(
-            app.public_id,
-            route_hostnames(app),
-            upstreams,
-            force_https=bool(app.force_https),
-            https_port=edge_https_port(),
-        )
-        caddy.route_set(route)
+        edge_apply(caddy, app, addresses, context=context)
         won = App.objects.filter(
             Q(live_deployment__isnull=True) | Q(live_deployment__number__lte=deployment.number), pk=app.pk
         ).update(live_deployment=deployment)
-        if won:
-            return True
-        live = Deployment.objects.get(pk=App.objects.values_list("live_deployment", flat=True).get(pk=app.pk))
-        caddy.route_set(app_route_for(app, upstreams_of(live)))
-        return False
+        if not won:
+            live = Deployment.objects.get(pk=App.objects.values_list("live_deployment", flat=True).get(pk=app.pk))
+            edge_apply(caddy, app, addresses_of(live), context=context)
+    switch_wait(float(settings.UPSTREAM_SWITCH_WAIT_SECONDS))
+    return bool(won)
 
 
 def retire_previous(deployment: Deployment, *, drain_seconds: float = 0.0) -> None:

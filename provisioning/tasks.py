@@ -37,6 +37,7 @@ from core.logging import unbind
 from drivers import logstore
 from drivers import podman
 from drivers import redis
+from drivers.upstream_hosts import UpstreamHosts
 from platform_apps.backups.services import log_context as backup_log_context
 from platform_apps.deployments.services import release_current
 from platform_apps.idempotency import purge_expired
@@ -306,12 +307,12 @@ def drive(deployment_id: uuid.UUID) -> None:
         # release fails the deployment, which removes its replicas: nothing switches).
         pipeline.launch_replicas(deployment, runtime)
     pipeline.release(deployment, runtime)
-    upstreams = pipeline.start_replicas(deployment, runtime)
+    addresses = pipeline.start_replicas(deployment, runtime)
     if pipeline.newer_deployment_exists(deployment):
         deployment_supersede(deployment)
         return
     pipeline.step(deployment, "Switching the route")
-    if not pipeline.route_switch(deployment, upstreams):
+    if not pipeline.route_switch(deployment, addresses):
         deployment_supersede(deployment)
         return
     _transition(deployment, State.STARTING, State.LIVE, finished_at=timezone.now(), went_live_at=timezone.now())
@@ -377,6 +378,8 @@ def app_teardown(self: PlatformTask, app_id: str) -> None:
             raise PlatformError("app.teardown_busy", "A deployment is still running.", transient=True)
         with CaddyClient.from_settings() as caddy:
             caddy.route_delete(app.public_id)
+        # After the route: nothing looks the name up any more.
+        UpstreamHosts.from_settings().remove(app.public_id, context=context)
         for deployment in Deployment.objects.filter(app=app).select_related("app", "app__tenant"):
             if deployment.state in Deployment.ACTIVE_STATES:
                 deployment_fail(deployment, "app.deleting", "The app was deleted.")

@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # chromium + chromium-driver: the browser tests of the admin and the API docs (browsers are never downloaded).
+# dnsmasq-base: Debian's dnsmasq binary without the system service (the edge's upstream names, see devstack).
 APT_PACKAGES=(podman runsc caddy pgbouncer postgresql redis-server debootstrap git curl ca-certificates docker-registry
-  nftables chromium chromium-driver)
+  nftables dnsmasq-base chromium chromium-driver)
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 

@@ -2,7 +2,9 @@
 
 Two phases, because routes depend on the outcome of the replica repairs: `plan_replicas` first
 (networks, dead replicas, health checks, orphans), then, once those actions ran, `plan_routes`
-over the replicas that serve. Nothing here calls podman, Caddy or the DB.
+over the replicas that serve: each app's route (its shape: hostnames, redirect, app or page) and
+its upstream hosts file (the addresses its name resolves to). Nothing here calls podman, Caddy,
+the file system or the DB.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ from datetime import datetime
 from datetime import timedelta
 
 from caddy.routes import CATCHALL_ROUTE_ID
+from caddy.routes import UpstreamLookup
 from caddy.routes import app_route
 from caddy.routes import route_id
-from caddy.routes import route_upstreams
 from caddy.routes import suspended_route
 from caddy.routes import unavailable_route
 from drivers.podman import ObservedContainer
+from drivers.upstream_hosts import upstream_name
 from provisioning.reconciler.state import Desired
 from provisioning.reconciler.state import EdgeLoad
+from provisioning.reconciler.state import HostsRemove
+from provisioning.reconciler.state import HostsSet
 from provisioning.reconciler.state import JsonObject
 from provisioning.reconciler.state import LiveApp
 from provisioning.reconciler.state import NetworkCreate
@@ -39,13 +44,10 @@ CRASHED = "crashed"
 # Deployment states in which the pipeline owns the deployment's containers.
 IN_FLIGHT = frozenset({"queued", "building", "starting"})
 SIGKILL_EXIT_CODE = 137
-# Caddy 2.6 rebuilds its whole config on every admin change, and a request that is retrying after a
-# failed dial at that moment is not retried any more: it fails with a 502. A replica that just died
-# is dialled once (the dial times out after caddy.routes.DIAL_TIMEOUT, 1 s), then the passive health
-# check keeps it out of rotation for PASSIVE_FAIL_DURATION (10 s). So the route of an app that still
-# has a serving replica is changed only once its dead one has been dead this long: no request is
-# retrying off it then, and none will dial it again before the change.
-ROUTE_HOLD_SECONDS = 3.0
+# A dead replica leaves its app's hosts file in the pass that sees it dead: that is no Caddy config load
+# (Caddy 2.6 rebuilds its whole config on each, and a request retrying off a failed dial at that moment
+# fails with a 502), so nothing needs holding back any more. The route itself changes only when its
+# shape does (hostnames, redirect, the 503 or suspended page), never because a replica came or went.
 ROUTE_ID_PREFIX = "app-"
 
 
@@ -137,59 +139,47 @@ def _orphan_reason(desired: Desired, observed: Observed, name: str, now: datetim
     return f"deployment {known.state}"
 
 
+def upstream_lookup(app: LiveApp, port: int) -> UpstreamLookup:
+    return UpstreamLookup(
+        name=upstream_name(app.app_id), port=port, resolver=app.upstream_resolver, refresh=app.upstream_refresh
+    )
+
+
+def desired_addresses(app: LiveApp, serving: frozenset[str]) -> tuple[str, ...]:
+    """The addresses of the app's serving replicas, in index order: what its hosts file should hold."""
+    ordered = sorted(app.replicas, key=lambda r: r.index)
+    return tuple(dict.fromkeys(r.address for r in ordered if r.name in serving and r.address))
+
+
 def desired_route(app: LiveApp, serving: frozenset[str], port: int) -> JsonObject:
-    """The app's route: the "suspended" page if its tenant is, else its serving replicas in index
-    order, or the 503 page if none serves."""
+    """The app's route: the "suspended" page if its tenant is, else its replicas by their upstream name
+    when one serves, or the 503 page if none does."""
     hostnames = list(app.hostnames)
     force, https_port = app.force_https, app.https_port
     if app.suspended:
         return suspended_route(app.app_id, hostnames, force_https=force, https_port=https_port)
-    ordered = sorted(app.replicas, key=lambda r: r.index)
-    upstreams = [f"{r.address}:{port}" for r in ordered if r.name in serving and r.address]
-    if upstreams:
-        return app_route(app.app_id, hostnames, upstreams, force_https=force, https_port=https_port)
+    if desired_addresses(app, serving):
+        return app_route(app.app_id, hostnames, upstream_lookup(app, port), force_https=force, https_port=https_port)
     return unavailable_route(app.app_id, hostnames, force_https=force, https_port=https_port)
 
 
-def route_hold_until(app: LiveApp, observed: Observed, serving: frozenset[str], current: JsonObject | None,
-                     port: int) -> float:  # fmt: skip
-    """Unix time before which the app's route should stay as it is (0: change it now): while the
-    route still sends traffic to a replica that died less than ROUTE_HOLD_SECONDS ago and another
-    replica serves."""
-    if current is None or not any(r.name in serving for r in app.replicas):
-        return 0.0  # nothing to fail over to: the 503 page at once is the better answer
-    routed = set(route_upstreams(current))
-    exits = [
-        c.exited_at
-        for r in app.replicas
-        if f"{r.address}:{port}" in routed
-        and (c := observed.containers.get(r.name)) is not None
-        and not c.running
-        and c.exited_at
-    ]
-    return max(exits) + ROUTE_HOLD_SECONDS if exits else 0.0
-
-
-def plan_routes(
-    desired: Desired, observed: Observed, serving: frozenset[str], *, port: int, now: float | None = None
-) -> tuple[list[RouteAction], float | None]:
-    """The route changes, and the unix time of the earliest route change held back (None if none is)."""
+def plan_routes(desired: Desired, observed: Observed, serving: frozenset[str], *, port: int) -> list[RouteAction]:
+    """The route and hosts file changes, in the order to make them: an app's addresses before a route that
+    looks them up, and a route away from its addresses (the 503 page) before they go."""
     wanted = {route_id(app.app_id): (app, desired_route(app, serving, port)) for app in desired.apps}
-    if observed.routes is None or not observed.catchall:
-        return [EdgeLoad(tuple(route for _app, route in wanted.values()))], None
     actions: list[RouteAction] = []
-    held: float | None = None
+    if observed.routes is None or not observed.catchall:
+        for app in desired.apps:
+            if not app.switching and observed.hosts.get(app.app_id) != desired_addresses(app, serving):
+                actions.append(HostsSet(app.app_id, desired_addresses(app, serving)))
+        return [*actions, EdgeLoad(tuple(route for _app, route in wanted.values()))]
     for rid, (app, route) in wanted.items():
         if app.switching:
-            continue  # the deploy in flight switches this route itself
-        current = observed.routes.get(rid)
-        if current == route:
-            continue
-        hold = route_hold_until(app, observed, serving, current, port) if now is not None else 0.0
-        if now is not None and hold > now:
-            held = hold if held is None else min(held, hold)
-            continue
-        actions.append(RouteSet(app.app_id, route))
+            continue  # the deploy in flight switches this app itself
+        addresses = desired_addresses(app, serving)
+        hosts = [] if observed.hosts.get(app.app_id) == addresses else [HostsSet(app.app_id, addresses)]
+        routes = [] if observed.routes.get(rid) == route else [RouteSet(app.app_id, route)]
+        actions += [*hosts, *routes] if addresses else [*routes, *hosts]
     for rid in sorted(set(observed.routes) - set(wanted)):
         if rid == CATCHALL_ROUTE_ID or not rid.startswith(ROUTE_ID_PREFIX):
             continue
@@ -199,4 +189,8 @@ def plan_routes(
             continue
         if app_id not in desired.apps_routing_soon:
             actions.append(RouteRemove(rid))
-    return actions, held
+    live = {app.app_id for app in desired.apps}
+    for app_id in sorted(set(observed.hosts) - live - desired.apps_routing_soon):
+        # After the routes: a route that still looks the name up goes first.
+        actions.append(HostsRemove(app_id))
+    return actions

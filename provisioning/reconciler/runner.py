@@ -2,7 +2,8 @@
 then act on the differences only.
 
 Observation costs O(1) calls whatever the number of apps: one `podman ps --all`, one
-`podman network ls` and one read of the edge routes. Per-app calls happen only for an app that
+`podman network ls` and one read of the edge routes (plus a read of the local directory of
+upstream hosts files, one small file per app). Per-app calls happen only for an app that
 differs (a dead replica, a route that is wrong), and every write re-checks the one row it is
 about, since the pipeline may have moved on while the pass was planning.
 """
@@ -30,6 +31,7 @@ from caddy.routes import CATCHALL_ROUTE_ID
 from core.faults import DeployError
 from drivers import firewall
 from drivers import podman
+from drivers.upstream_hosts import UpstreamHosts
 from platform_apps.deployments.services import release_current
 from platform_apps.domains.selectors import verified_hostnames
 from platform_apps.models import App
@@ -42,6 +44,8 @@ from provisioning.reconciler import planner
 from provisioning.reconciler import redis as redis_reconciler
 from provisioning.reconciler.state import Desired
 from provisioning.reconciler.state import EdgeLoad
+from provisioning.reconciler.state import HostsRemove
+from provisioning.reconciler.state import HostsSet
 from provisioning.reconciler.state import KnownDeployment
 from provisioning.reconciler.state import LiveApp
 from provisioning.reconciler.state import NetworkCreate
@@ -62,7 +66,7 @@ logger = logging.getLogger(__name__)
 
 INSTANCE_LABEL = "coltsfoot.instance"
 LAST_OUTPUT_LINES = 30
-_REPAIR_ERRORS = (podman.PodmanError, CaddyError, DeployError, firewall.FirewallError, ValueError)
+_REPAIR_ERRORS = (podman.PodmanError, CaddyError, DeployError, firewall.FirewallError, ValueError, OSError)
 
 
 @dataclass
@@ -115,6 +119,7 @@ def load_desired() -> Desired:
     # The verified custom domains are part of each route: a repair must never drop them (one query).
     domains = verified_hostnames(app.pk for app in apps)
     https_port = pipeline.edge_https_port()
+    refresh = pipeline.upstream_refresh()
     rows: dict[int, list[ReplicaRow]] = defaultdict(list)
     for replica in Replica.objects.filter(deployment_id__in=[app.live_deployment_id for app in apps]):
         rows[replica.deployment_id].append(_row(replica))
@@ -138,6 +143,8 @@ def load_desired() -> Desired:
                 suspended=app.tenant.status == Tenant.Status.SUSPENDED,
                 force_https=bool(app.force_https),
                 https_port=https_port,
+                upstream_resolver=str(settings.UPSTREAM_DNS),
+                upstream_refresh=refresh,
             )
         )
     return Desired(apps=tuple(live), apps_routing_soon=frozenset(app_id for _pk, app_id, _state in in_flight))
@@ -164,12 +171,13 @@ def with_known_deployments(desired: Desired, observed: Observed) -> Desired:
 
 
 def observe(caddy: CaddyClient) -> tuple[Observed, bool]:
-    """One podman ps, one network listing, one read of the edge routes. Returns the observation
-    and whether Caddy could be read (routes are left alone when it could not)."""
+    """One podman ps, one network listing, one read of the edge routes and of the upstream hosts files.
+    Returns the observation and whether Caddy could be read (routes are left alone when it could not)."""
     instance = str(settings.INSTANCE_ID)
     containers = {c.name: c for c in podman.containers_observe(INSTANCE_LABEL, instance)}
     created = podman.networks_observe(INSTANCE_LABEL, instance)
-    seen = partial(Observed, containers=containers, networks=frozenset(created), network_created=created)
+    hosts = {app_id: tuple(addresses) for app_id, addresses in UpstreamHosts.from_settings().observe().items()}
+    seen = partial(Observed, containers=containers, networks=frozenset(created), network_created=created, hosts=hosts)
     try:
         routes = caddy.edge_routes()
     except CaddyError as exc:
@@ -223,6 +231,10 @@ def _context(app: LiveApp, replica: ReplicaRow | None = None) -> dict[str, objec
     if replica is not None:
         context["replica"] = _source(replica.index)
     return context
+
+
+def _str_context(app: LiveApp) -> dict[str, str]:
+    return {"tenant_id": str(app.tenant_id), "app_id": str(app.app_id), "deployment_id": str(app.deployment_id)}
 
 
 def _record_exit(
@@ -443,8 +455,21 @@ def execute_route_actions(
     actions: Iterable[RouteAction], desired: Desired, caddy: CaddyClient, report: PassReport
 ) -> None:
     by_app = {app.app_id: app for app in desired.apps}
+    hosts = UpstreamHosts.from_settings()
     for action in actions:
         try:
+            if isinstance(action, HostsSet):
+                app = by_app[action.app_id]
+                if not _still_live(app.app_id, app.deployment_id):
+                    continue
+                hosts.write(app.app_id, list(action.addresses), context=_str_context(app))
+                report.count("hosts_set")
+                continue
+            if isinstance(action, HostsRemove):
+                if _route_unowned(planner.ROUTE_ID_PREFIX + str(action.app_id)):
+                    hosts.remove(action.app_id, context={"app_id": str(action.app_id)})
+                    report.count("hosts_removed")
+                continue
             if isinstance(action, EdgeLoad):
                 caddy.edge_load(list(action.routes))
                 logger.warning("edge config restored", extra={"routes": len(action.routes)})
@@ -498,6 +523,8 @@ def with_addresses(desired: Desired, serving: dict[str, str]) -> Desired:
                 suspended=app.suspended,
                 force_https=app.force_https,
                 https_port=app.https_port,
+                upstream_resolver=app.upstream_resolver,
+                upstream_refresh=app.upstream_refresh,
             )
         )
     return Desired(apps=tuple(apps), deployments=desired.deployments, apps_routing_soon=desired.apps_routing_soon)
@@ -537,13 +564,10 @@ def reconcile_pass(now: datetime | None = None) -> PassReport:
         _reconcile_redis(observed, now, report)
         if caddy_ok:
             desired = with_addresses(desired, serving)
-            route_actions, held_until = planner.plan_routes(
-                desired, observed, serving_replicas(desired, serving), port=pipeline.APP_PORT, now=now.timestamp()
+            route_actions = planner.plan_routes(
+                desired, observed, serving_replicas(desired, serving), port=pipeline.APP_PORT
             )
             execute_route_actions(route_actions, desired, caddy, report)
-            if held_until is not None:
-                report.count("route_held")
-                report.wake(held_until - now.timestamp())
     if report.actions or report.errors:
         logger.info("reconcile pass", extra=report.as_dict())
     return report

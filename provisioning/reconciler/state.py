@@ -1,5 +1,5 @@
 """What the reconciler compares: the desired state read from the platform DB, the actual state
-observed from podman and Caddy, and the actions that move one toward the other.
+observed from podman, Caddy and the upstream hosts files, and the actions that move one toward the other.
 
 Plain frozen dataclasses, so the planner is a pure function that unit tests drive as a table.
 """
@@ -49,6 +49,10 @@ class LiveApp:
     # Plain-HTTP requests are redirected to HTTPS on this port.
     force_https: bool = False
     https_port: int = 443
+    # Where the edge looks the app's replicas up (caddy.routes.UpstreamLookup): the platform's DNS server and
+    # how long Caddy keeps an answer.
+    upstream_resolver: str = "127.0.0.1:5354"
+    upstream_refresh: str = "1000ms"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class Observed:
     catchall: bool = True
     # When each network was created (unix seconds): a container older than its network is not on it.
     network_created: Mapping[str, float] = field(default_factory=dict)
+    # The addresses each app's upstream hosts file holds (drivers/upstream_hosts.py), by app id.
+    hosts: Mapping[uuid.UUID, tuple[str, ...]] = field(default_factory=dict)
 
 
 # --- Actions --------------------------------------------------------------------------------
@@ -143,5 +149,20 @@ class EdgeLoad:
     routes: tuple[JsonObject, ...]
 
 
+@dataclass(frozen=True)
+class HostsSet:
+    """Rewrite the app's upstream hosts file: the edge resolves its name to `addresses` from then on."""
+
+    app_id: uuid.UUID
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HostsRemove:
+    """The hosts file of an app the platform no longer serves."""
+
+    app_id: uuid.UUID
+
+
 type ReplicaAction = NetworkCreate | ReplicaExited | ReplicaStart | ReplicaCheck | ReplicaSteady | OrphanRemove
-type RouteAction = RouteSet | RouteRemove | EdgeLoad
+type RouteAction = RouteSet | RouteRemove | EdgeLoad | HostsSet | HostsRemove

@@ -120,6 +120,65 @@ def test_redeploy_without_dropping_a_request(platform: Platform, tenant: dict[st
     assert all(name.startswith(f"tsl-{second['id']}-") for name in _app_containers(app["id"]))
 
 
+def _replica_addresses(app_id: str) -> list[str]:
+    addresses = []
+    for name in _app_containers(app_id):
+        networks = json.loads(_podman("inspect", name))[0]["NetworkSettings"]["Networks"]
+        addresses += [n["IPAddress"] for n in networks.values() if n.get("IPAddress")]
+    return sorted(addresses)
+
+
+def test_a_deploy_switches_through_the_platforms_dns_without_touching_the_edge_config(
+    platform: Platform, tenant: dict[str, Any], live_app: Any
+):
+    client = tenant["client"]
+    app = live_app["app"]
+    neighbour = client.post("/apps", json={"name": "neighbour", "replicas": 1}).json()
+    first = deploy_archive(client, neighbour["id"], hello_archive())
+    assert wait_for_deployment(client, first["id"], {"live", "failed"})["state"] == "live"
+    route_path = f"{platform.caddy.admin_url}/id/app-{app['id']}"
+    route = httpx.get(route_path, timeout=10).json()
+    (proxy,) = [h for h in route["handle"] if h["handler"] == "reverse_proxy"]
+    name = f"{app['id']}.apps.coltsfoot.internal"
+    assert proxy["dynamic_upstreams"]["name"] == name
+    assert proxy["dynamic_upstreams"]["resolver"] == {"addresses": [f"udp/{platform.dns.listen}"]}
+    hosts_file = platform.dns.hosts_dir / app["id"]
+    assert sorted(line.split()[0] for line in hosts_file.read_text().splitlines()) == _replica_addresses(app["id"])
+    stop = threading.Event()
+    results: dict[str, list[int | str]] = {"app": [], "neighbour": []}
+
+    def hammer(which: str, url: str) -> None:
+        while not stop.is_set():
+            try:
+                results[which].append(platform.edge_get(url, timeout=10).status_code)
+            except httpx.HTTPError as exc:
+                results[which].append(type(exc).__name__)
+
+    threads = [
+        threading.Thread(target=hammer, args=(k, u)) for k, u in (("app", app["url"]), ("neighbour", neighbour["url"]))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        second = deploy_archive(client, app["id"], hello_archive(**{"VERSION": "dns"}))
+        done = wait_for_deployment(client, second["id"], {"live", "failed"})
+        wait_until(lambda: len(_app_containers(app["id"])) == 2, timeout=60, message="the old replicas to go")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert done["state"] == "live", client.get(f"/deployments/{second['id']}/log").text
+    for which, answers in results.items():
+        failures = [r for r in answers if r != 200]
+        assert len(answers) > 20, which
+        assert failures == [], f"{which}: {len(failures)} of {len(answers)} requests failed: {failures[:10]}"
+    # Traffic reached the new replicas through the name (dnsmasq answering from the rewritten hosts file) ...
+    assert second["id"] in platform.edge_get(app["url"]).text
+    assert sorted(line.split()[0] for line in hosts_file.read_text().splitlines()) == _replica_addresses(app["id"])
+    # ... and the edge's config did not change: the switch was no Caddy config load.
+    assert httpx.get(route_path, timeout=10).json() == route
+
+
 def test_rollback_serves_the_earlier_image(platform: Platform, tenant: dict[str, Any], live_app: Any):
     client = tenant["client"]
     app = live_app["app"]
@@ -239,6 +298,7 @@ def test_delete_app_tears_everything_down(platform: Platform, tenant: dict[str, 
     wait_until(lambda: client.get(f"/apps/{app['id']}").status_code == 404, timeout=120, message="app gone")
     assert platform.edge_get(app["url"]).status_code == 404
     assert _app_containers(app["id"]) == []
+    assert not (platform.dns.hosts_dir / app["id"]).exists()  # its upstream name is gone with it
 
 
 def test_health_and_ready_report_real_dependencies(platform: Platform):

@@ -34,7 +34,7 @@ from devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
 
-SERVICES = ("redis", "caddy", "postgres", "pgbouncer", "worker", "beat", "api")
+SERVICES = ("redis", "caddy", "postgres", "pgbouncer", "dns", "worker", "beat", "api")
 
 
 @pytest.fixture
@@ -51,6 +51,7 @@ def state_env(tmp_path: Path) -> Generator[dict[str, str]]:
             "COLTSFOOT_EDGE_LISTEN": f"127.0.0.1:{free_port()}",
             "COLTSFOOT_EDGE_TLS_LISTEN": f"127.0.0.1:{free_port()}",
             "COLTSFOOT_CADDY_ADMIN_URL": f"http://127.0.0.1:{free_port()}",
+            "COLTSFOOT_UPSTREAM_DNS": f"127.0.0.1:{free_port()}",
         }
     )
     local = LocalStack(LocalConfig.from_env(env), env)

@@ -18,6 +18,7 @@ from caddy.client import CaddyClient
 from devstack.services import RedisServer
 from drivers import logstore
 from drivers import podman
+from drivers.upstream_hosts import UpstreamHosts
 from provisioning import pipeline
 from tests.unit.fakes import PODMAN_OPERATIONS
 from tests.unit.fakes import FakePodman
@@ -38,11 +39,13 @@ def fake_podman() -> Iterator[FakePodman]:
 
 
 @pytest.fixture
-def routes() -> Iterator[FakeRoutes]:
-    fake = FakeRoutes()
+def routes(settings: Any, tmp_path: Path) -> Iterator[FakeRoutes]:
+    """The Caddy fake, and the real upstream hosts files in a directory of the test's own."""
+    settings.UPSTREAM_HOSTS_DIR = tmp_path / "upstreams"
+    fake = FakeRoutes(UpstreamHosts(settings.UPSTREAM_HOSTS_DIR))
     client = mock.create_autospec(CaddyClient, instance=True)
     client.__enter__.return_value = client
-    for operation in ("route_upsert", "route_set", "route_delete", "route_delete_id", "edge_routes", "edge_load"):
+    for operation in ("route_get", "route_set", "route_delete", "route_delete_id", "edge_routes", "edge_load"):
         getattr(client, operation).side_effect = getattr(fake, operation)
     with contextlib.ExitStack() as stack:
         for target in (

@@ -26,6 +26,8 @@ from django.db.models import Max
 from caddy import routes as caddy_routes
 from core import queue
 from drivers import podman
+from drivers import upstream_hosts
+from drivers.upstream_hosts import UpstreamHosts
 from platform_apps.apps.services import app_create
 from platform_apps.models import App
 from platform_apps.models import Deployment
@@ -375,13 +377,17 @@ PODMAN_OPERATIONS = tuple(
 
 class FakeRoutes:
     """Caddy's edge routes, as the client's operations leave them: the raw route JSON by `@id`,
-    and `table`, each app's upstreams ([] while it answers the 503 page)."""
+    and `table`, each app's upstreams ([] while it answers the 503 page): for a route that looks
+    its replicas up by name, what the name resolves to in the real upstream hosts files (`hosts`),
+    as the platform's DNS server would answer the edge."""
 
-    def __init__(self) -> None:
+    def __init__(self, hosts: UpstreamHosts) -> None:
+        self.hosts = hosts
         self.raw: dict[str, dict[str, Any]] = {}
         self.has_edge = True
         self.writes = 0
         self.reads = 0
+        self.gets = 0
         self.loads = 0
         self.deletes: list[uuid.UUID] = []
         # Called after each upsert: lets a test make another deployment win the race.
@@ -389,11 +395,21 @@ class FakeRoutes:
 
     @property
     def table(self) -> dict[uuid.UUID, list[str]]:
-        return {uuid.UUID(rid.removeprefix("app-")): _dials(route) for rid, route in self.raw.items()}
+        return {uuid.UUID(rid.removeprefix("app-")): self._dials(route) for rid, route in self.raw.items()}
 
-    def route_upsert(self, app_id: uuid.UUID, hostnames: list[str], upstreams: list[str]) -> None:
-        assert upstreams, "a route without upstreams"
-        self.route_set(caddy_routes.app_route(app_id, hostnames, upstreams))
+    def _dials(self, route: dict[str, Any]) -> list[str]:
+        name = caddy_routes.route_upstream_name(route)
+        if name is None:
+            return []
+        handler = next(h for h in route["handle"] if h.get("handler") == "reverse_proxy")
+        app_id = uuid.UUID(name.split(".", 1)[0])
+        assert name == upstream_hosts.upstream_name(app_id)
+        port = handler["dynamic_upstreams"]["port"]
+        return [f"{address}:{port}" for address in self.hosts.read(app_id) or []]
+
+    def route_get(self, app_id: uuid.UUID) -> dict[str, Any] | None:
+        self.gets += 1
+        return self.raw.get(caddy_routes.route_id(app_id))
 
     def route_set(self, route: dict[str, Any]) -> None:
         self.writes += 1
@@ -426,11 +442,6 @@ class FakeRoutes:
         """Caddy restarted without its config."""
         self.has_edge = False
         self.raw = {}
-
-
-def _dials(route: dict[str, Any]) -> list[str]:
-    handler = route["handle"][0]
-    return [upstream["dial"] for upstream in handler.get("upstreams", [])]
 
 
 # --- The health check -------------------------------------------------------------------------

@@ -21,10 +21,12 @@ from caddy.client import CaddyClient
 from caddy.client import CaddyError
 from caddy.routes import CATCHALL_ROUTE_ID
 from caddy.routes import EDGE_SERVER_NAME
+from caddy.routes import UpstreamLookup
 from caddy.routes import app_route
 from caddy.routes import catchall_route
 from caddy.routes import edge_server
 from caddy.routes import route_id
+from caddy.routes import route_upstream_name
 from caddy.routes import suspended_route
 from caddy.routes import unavailable_route
 
@@ -32,6 +34,17 @@ ADMIN = "http://caddy.test:2019"
 EDGE_LISTEN = "127.0.0.1:8080"
 APP = uuid.UUID("6f1c2a34-1b2c-4d5e-8f90-123456789abc")
 OTHER_APP = uuid.UUID("0a0b0c0d-1111-4222-8333-444455556666")
+RESOLVER = "127.0.0.1:5354"
+
+
+def up(dials: list[str], *, resolver: str = RESOLVER, refresh: str = "1000ms") -> UpstreamLookup:
+    """A lookup that stands for `dials` in the client tests: its name is made of the first one (routes to
+    different replicas differ), its port is that dial's. The route itself names no replica any more."""
+    if not dials:
+        raise ValueError("no upstream")
+    host, _, port = dials[0].rpartition(":")
+    label = "u-" + host.strip("[]").replace(".", "-").replace(":", "-")
+    return UpstreamLookup(name=f"{label}.apps.coltsfoot.internal", port=int(port), resolver=resolver, refresh=refresh)
 
 
 def fnv1a_32(data: bytes) -> int:
@@ -207,26 +220,37 @@ def fake(respx_mock: respx.MockRouter) -> Callable[[Any], FakeCaddy]:
 # -- builders ------------------------------------------------------------------------------
 
 
-def test_app_route_shape() -> None:
-    route = app_route(APP, ["hello-acme.localhost"], ["10.88.0.5:8000", "10.88.0.6:8000"])
+def test_app_route_looks_its_replicas_up_by_name() -> None:
+    lookup = UpstreamLookup(name=f"{APP}.apps.coltsfoot.internal", port=8000, resolver=RESOLVER, refresh="1000ms")
+    route = app_route(APP, ["hello-acme.localhost"], lookup)
 
     assert route["@id"] == f"app-{APP}" == route_id(APP)
     assert route["match"] == [{"host": ["hello-acme.localhost"]}]
     assert route["terminal"] is True
     [handler] = route["handle"]
     assert handler["handler"] == "reverse_proxy"
-    assert handler["upstreams"] == [{"dial": "10.88.0.5:8000"}, {"dial": "10.88.0.6:8000"}]
+    # Caddy's `a` source: the replicas are the name's A/AAAA records at the platform's DNS server, over UDP.
+    assert handler["dynamic_upstreams"] == {
+        "source": "a",
+        "name": f"{APP}.apps.coltsfoot.internal",
+        "port": "8000",
+        "refresh": "1000ms",
+        "resolver": {"addresses": ["udp/127.0.0.1:5354"]},
+    }
+    assert "upstreams" not in handler  # no replica address in the route: a deploy does not change it
+    assert route_upstream_name(route) == lookup.name
     assert handler["load_balancing"]["selection_policy"]["policy"] in ("least_conn", "round_robin")
     assert handler["load_balancing"]["try_duration"] == "5s"
     assert handler["health_checks"]["passive"]["fail_duration"]
+    assert handler["transport"]["dial_timeout"] == "1s"
     json.dumps(route)  # serialisable as is
 
 
-def test_app_route_normalises_names_and_addresses() -> None:
-    route = app_route(APP, ["Hello-Acme.localhost", "hello-acme.localhost"], ["[::1]:8000", "10.0.0.1:080"])
+def test_app_route_normalises_names() -> None:
+    route = app_route(APP, ["Hello-Acme.localhost", "hello-acme.localhost"], up(["10.0.0.1:8000"]))
 
     assert route["match"] == [{"host": ["hello-acme.localhost"]}]
-    assert route["handle"][0]["upstreams"] == [{"dial": "[::1]:8000"}, {"dial": "10.0.0.1:80"}]
+    assert route_upstream_name(unavailable_route(APP, ["hello-acme.localhost"])) is None
 
 
 @pytest.mark.parametrize(
@@ -236,26 +260,33 @@ def test_app_route_normalises_names_and_addresses() -> None:
 )  # fmt: skip
 def test_app_route_rejects_bad_hostnames(hostname: str) -> None:
     with pytest.raises(ValueError, match="hostname"):
-        app_route(APP, [hostname], ["10.0.0.1:8000"])
+        app_route(APP, [hostname], up(["10.0.0.1:8000"]))
 
 
 @pytest.mark.parametrize(
-    "upstream",
-    ["app.internal:8000", "10.0.0.1", "10.0.0.1:0", "10.0.0.1:70000", "10.0.0.1:8a", "::1:8000", "[10.0.0.1]:80",
-     "unix//run/app.sock", "10.0.0.1:+80", "10.0.0.1: 80", ""],
-)  # fmt: skip
-def test_app_route_rejects_bad_upstreams(upstream: str) -> None:
-    with pytest.raises(ValueError, match="upstream"):
-        app_route(APP, ["hello-acme.localhost"], [upstream])
+    "lookup",
+    [
+        UpstreamLookup(name="bad_name.apps.coltsfoot.internal", port=8000, resolver=RESOLVER, refresh="1s"),
+        UpstreamLookup(name="10.0.0.1", port=8000, resolver=RESOLVER, refresh="1s"),
+        UpstreamLookup(name="a.apps.coltsfoot.internal", port=0, resolver=RESOLVER, refresh="1s"),
+        UpstreamLookup(name="a.apps.coltsfoot.internal", port=70000, resolver=RESOLVER, refresh="1s"),
+        UpstreamLookup(name="a.apps.coltsfoot.internal", port=8000, resolver="dns.example:53", refresh="1s"),
+        UpstreamLookup(name="a.apps.coltsfoot.internal", port=8000, resolver="127.0.0.1", refresh="1s"),
+        UpstreamLookup(name="a.apps.coltsfoot.internal", port=8000, resolver=RESOLVER, refresh="0s"),
+        UpstreamLookup(name="a.apps.coltsfoot.internal", port=8000, resolver=RESOLVER, refresh="1 s"),
+        UpstreamLookup(name="a.apps.coltsfoot.internal", port=8000, resolver=RESOLVER, refresh=""),
+    ],
+)
+def test_app_route_rejects_bad_lookups(lookup: UpstreamLookup) -> None:
+    with pytest.raises(ValueError, match=r"hostname|port|upstream|refresh"):
+        app_route(APP, ["hello-acme.localhost"], lookup)
 
 
-def test_app_route_needs_hostnames_and_upstreams() -> None:
+def test_app_route_needs_hostnames() -> None:
     with pytest.raises(ValueError, match="hostname"):
-        app_route(APP, [], ["10.0.0.1:8000"])
-    with pytest.raises(ValueError, match="upstream"):
-        app_route(APP, ["hello-acme.localhost"], [])
-    with pytest.raises(ValueError, match="lists"):
-        app_route(APP, "hello-acme.localhost", ["10.0.0.1:8000"])  # type: ignore[arg-type]
+        app_route(APP, [], up(["10.0.0.1:8000"]))
+    with pytest.raises(ValueError, match="list"):
+        app_route(APP, "hello-acme.localhost", up(["10.0.0.1:8000"]))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -265,7 +296,7 @@ def test_app_route_needs_hostnames_and_upstreams() -> None:
 def test_page_routes_answer_a_page_under_the_apps_own_id(build: Any, status: int, words: str) -> None:
     app_id = uuid.uuid4()
     route = build(app_id, ["Shop-Acme.localhost"])
-    assert route["@id"] == app_route(app_id, ["shop-acme.localhost"], ["10.0.0.2:8000"])["@id"]
+    assert route["@id"] == app_route(app_id, ["shop-acme.localhost"], up(["10.0.0.2:8000"]))["@id"]
     assert route["match"] == [{"host": ["shop-acme.localhost"]}]
     (handler,) = route["handle"]
     assert (handler["handler"], handler["status_code"]) == ("static_response", status)
@@ -315,7 +346,7 @@ def test_edge_ensure_creates_server_and_keeps_the_rest(client: CaddyClient, fake
 def test_edge_ensure_is_idempotent_and_keeps_app_routes(client: CaddyClient, fake: Any) -> None:
     caddy = fake({"admin": {"listen": "caddy.test:2019"}})
     client.edge_ensure()
-    client.route_upsert(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"])
+    client.route_upsert(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"]))
     before = copy.deepcopy(caddy.config)
     caddy.requests.clear()
 
@@ -327,7 +358,7 @@ def test_edge_ensure_is_idempotent_and_keeps_app_routes(client: CaddyClient, fak
 
 
 def test_edge_ensure_restores_missing_catchall_after_app_routes(client: CaddyClient, fake: Any) -> None:
-    config = edge_config(app_route(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"]))
+    config = edge_config(app_route(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"])))
     config["apps"]["http"]["servers"][EDGE_SERVER_NAME]["routes"].pop()  # someone deleted the catch-all
     config["apps"]["http"]["servers"][EDGE_SERVER_NAME]["listen"] = [":1234"]
     caddy = fake(config)
@@ -355,33 +386,33 @@ def test_edge_ensure_lost_creation_race_is_success(client: CaddyClient, fake: An
 
 
 def test_upsert_new_route_inserts_before_catchall(client: CaddyClient, fake: Any) -> None:
-    other = app_route(OTHER_APP, ["other-acme.localhost"], ["10.0.0.9:8000"])
+    other = app_route(OTHER_APP, ["other-acme.localhost"], up(["10.0.0.9:8000"]))
     caddy = fake(edge_config(other))
 
-    client.route_upsert(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"])
+    client.route_upsert(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"]))
 
     assert caddy.route_ids() == [route_id(APP), route_id(OTHER_APP), CATCHALL_ROUTE_ID]
-    assert caddy.routes()[0] == app_route(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"])
+    assert caddy.routes()[0] == app_route(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"]))
     assert caddy.routes()[1] == other
     assert client.route_get(APP) == caddy.routes()[0]
 
 
 def test_upsert_existing_route_is_exactly_one_patch(client: CaddyClient, fake: Any) -> None:
-    other = app_route(OTHER_APP, ["other-acme.localhost"], ["10.0.0.9:8000"])
-    caddy = fake(edge_config(other, app_route(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"])))
+    other = app_route(OTHER_APP, ["other-acme.localhost"], up(["10.0.0.9:8000"]))
+    caddy = fake(edge_config(other, app_route(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"]))))
 
-    client.route_upsert(APP, ["hello-acme.localhost"], ["10.0.0.2:8000", "10.0.0.3:8000"])
+    client.route_upsert(APP, ["hello-acme.localhost"], up(["10.0.0.2:8000", "10.0.0.3:8000"]))
 
     assert caddy.requests == [("PATCH", f"/id/{route_id(APP)}")]
     assert caddy.route_ids() == [route_id(OTHER_APP), route_id(APP), CATCHALL_ROUTE_ID]
-    assert caddy.routes()[1]["handle"][0]["upstreams"] == [{"dial": "10.0.0.2:8000"}, {"dial": "10.0.0.3:8000"}]
+    assert route_upstream_name(caddy.routes()[1]) == up(["10.0.0.2:8000"]).name
     assert caddy.routes()[0] == other
 
 
 def test_upsert_creates_edge_when_missing(client: CaddyClient, fake: Any) -> None:
     caddy = fake({"admin": {"listen": "caddy.test:2019"}})
 
-    client.route_upsert(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"])
+    client.route_upsert(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"]))
 
     assert caddy.route_ids() == [route_id(APP), CATCHALL_ROUTE_ID]
     assert caddy.config["apps"]["http"]["servers"][EDGE_SERVER_NAME]["listen"] == [EDGE_LISTEN]
@@ -391,21 +422,21 @@ def test_upsert_racing_insert_of_same_route_leaves_one_copy(client: CaddyClient,
     caddy = fake(edge_config())
 
     def other_worker_inserts_first(fake_caddy: FakeCaddy) -> None:
-        fake_caddy.routes().insert(0, app_route(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"]))
+        fake_caddy.routes().insert(0, app_route(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"])))
 
     caddy.before_write = other_worker_inserts_first
 
-    client.route_upsert(APP, ["hello-acme.localhost"], ["10.0.0.7:8000"])
+    client.route_upsert(APP, ["hello-acme.localhost"], up(["10.0.0.7:8000"]))
 
     assert caddy.route_ids() == [route_id(APP), CATCHALL_ROUTE_ID]
-    assert caddy.routes()[0]["handle"][0]["upstreams"] == [{"dial": "10.0.0.7:8000"}]
+    assert route_upstream_name(caddy.routes()[0]) == up(["10.0.0.7:8000"]).name
 
 
 def test_upsert_with_bad_input_sends_nothing(client: CaddyClient, fake: Any) -> None:
     caddy = fake(edge_config())
 
     with pytest.raises(ValueError, match="hostname"):
-        client.route_upsert(APP, ["evil.localhost;rm"], ["10.0.0.1:8000"])
+        client.route_upsert(APP, ["evil.localhost;rm"], up(["10.0.0.1:8000"]))
 
     assert caddy.requests == []
 
@@ -413,8 +444,8 @@ def test_upsert_with_bad_input_sends_nothing(client: CaddyClient, fake: Any) -> 
 def test_delete_removes_only_that_route(client: CaddyClient, fake: Any) -> None:
     caddy = fake(
         edge_config(
-            app_route(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"]),
-            app_route(OTHER_APP, ["other-acme.localhost"], ["10.0.0.9:8000"]),
+            app_route(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"])),
+            app_route(OTHER_APP, ["other-acme.localhost"], up(["10.0.0.9:8000"])),
         )
     )
 
@@ -434,7 +465,7 @@ def test_delete_of_missing_route_succeeds(client: CaddyClient, fake: Any) -> Non
 
 
 def test_delete_also_removes_duplicates(client: CaddyClient, fake: Any) -> None:
-    route = app_route(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"])
+    route = app_route(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"]))
     caddy = fake(edge_config(route, copy.deepcopy(route)))  # Caddy 2.6 accepts duplicate ids
 
     client.route_delete(APP)
@@ -457,7 +488,7 @@ def test_5xx_is_retried_then_raises_transient(
     route = respx_mock.patch(f"{ADMIN}/id/{route_id(APP)}").respond(502, text="bad gateway")
 
     with pytest.raises(CaddyError) as excinfo:
-        client.route_upsert(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"])
+        client.route_upsert(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"]))
 
     assert excinfo.value.transient is True
     assert excinfo.value.status_code == 502
@@ -487,7 +518,7 @@ def test_timeout_then_success_recovers(client: CaddyClient, respx_mock: respx.Mo
         side_effect=[httpx.ReadTimeout("slow"), httpx.Response(503), httpx.Response(200)]
     )
 
-    client.route_upsert(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"])
+    client.route_upsert(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"]))
 
     assert route.call_count == 3
 
@@ -498,7 +529,7 @@ def test_400_is_permanent_and_not_retried(
     route = respx_mock.patch(f"{ADMIN}/id/{route_id(APP)}").respond(400, json={"error": "decoding request body"})
 
     with pytest.raises(CaddyError) as excinfo:
-        client.route_upsert(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"])
+        client.route_upsert(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"]))
 
     assert excinfo.value.transient is False
     assert excinfo.value.status_code == 400
@@ -513,7 +544,7 @@ def test_rejected_config_500_is_permanent(client: CaddyClient, respx_mock: respx
     route = respx_mock.patch(f"{ADMIN}/id/{route_id(APP)}").respond(500, json={"error": message})
 
     with pytest.raises(CaddyError) as excinfo:
-        client.route_upsert(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"])
+        client.route_upsert(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"]))
 
     assert excinfo.value.transient is False
     assert route.call_count == 1
@@ -590,7 +621,7 @@ def test_edge_server_times_out_slow_and_idle_clients_but_not_streams() -> None:
 
 
 def test_edge_ensure_adds_the_timeouts_to_an_edge_from_before_them(client: CaddyClient, fake: Any) -> None:
-    config = edge_config(app_route(APP, ["hello-acme.localhost"], ["10.0.0.1:8000"]))
+    config = edge_config(app_route(APP, ["hello-acme.localhost"], up(["10.0.0.1:8000"])))
     server = config["apps"]["http"]["servers"][EDGE_SERVER_NAME]
     for key in ("read_header_timeout", "read_timeout", "idle_timeout"):
         server.pop(key, None)  # a Caddy configured by the previous version

@@ -400,21 +400,22 @@ def test_the_ask_endpoint_needs_the_secret_and_is_rate_limited(owner: Actor, app
 # --- the edge's JSON -----------------------------------------------------------------------------
 
 APP = uuid.UUID("7c1d4a8e-0f7b-4d55-9a3e-2f6f1c9b8a10")
+LOOKUP = caddy_routes.UpstreamLookup(
+    name=f"{APP}.apps.coltsfoot.internal", port=8000, resolver="127.0.0.1:5354", refresh="1000ms"
+)
 
 
 def test_the_route_carries_the_verified_domains_after_the_platform_hostname():
-    route = caddy_routes.app_route(
-        APP, ["web-acme.localhost", "www.example.com", "shop.example.com"], ["10.0.0.1:8000"]
-    )
+    route = caddy_routes.app_route(APP, ["web-acme.localhost", "www.example.com", "shop.example.com"], LOOKUP)
     assert route["match"] == [{"host": ["web-acme.localhost", "www.example.com", "shop.example.com"]}]
     assert route["handle"][0]["handler"] == "reverse_proxy"
-    assert caddy_routes.route_upstreams(route) == ["10.0.0.1:8000"]
+    assert caddy_routes.route_upstream_name(route) == LOOKUP.name
     page = caddy_routes.unavailable_route(APP, ["web-acme.localhost", "www.example.com"])
     assert page["match"] == [{"host": ["web-acme.localhost", "www.example.com"]}]
 
 
 def test_force_https_puts_a_308_for_plain_http_before_the_proxy():
-    route = caddy_routes.app_route(APP, ["www.example.com"], ["10.0.0.1:8000"], force_https=True, https_port=8443)
+    route = caddy_routes.app_route(APP, ["www.example.com"], LOOKUP, force_https=True, https_port=8443)
     redirect, proxy = route["handle"]
     assert redirect == {
         "handler": "subroute",
@@ -432,8 +433,8 @@ def test_force_https_puts_a_308_for_plain_http_before_the_proxy():
         ],
     }
     assert proxy["handler"] == "reverse_proxy"
-    assert caddy_routes.route_upstreams(route) == ["10.0.0.1:8000"]
-    on_443 = caddy_routes.app_route(APP, ["www.example.com"], ["10.0.0.1:8000"], force_https=True)
+    assert caddy_routes.route_upstream_name(route) == LOOKUP.name
+    on_443 = caddy_routes.app_route(APP, ["www.example.com"], LOOKUP, force_https=True)
     assert on_443["handle"][0]["routes"][0]["handle"][0]["headers"]["Location"] == [
         "https://{http.request.host}{http.request.uri}"
     ]
@@ -756,5 +757,8 @@ def test_refreshes_of_one_app_take_turns(live: App, routes: Any):
         tasks.app_route_refresh(str(live.public_id))
     assert routes.writes == writes
     leases.lease_release(f"route-refresh-{live.public_id}", "another-task")
+    # Its turn: it writes what the DB says now (a route whose shape did not change is not written again).
+    App.objects.filter(pk=live.pk).update(force_https=True)
     assert tasks.app_route_refresh(str(live.public_id)) is True
     assert routes.writes == writes + 1
+    assert routes.raw[caddy_routes.route_id(live.public_id)]["handle"][0]["handler"] == "subroute"

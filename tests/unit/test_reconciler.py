@@ -26,6 +26,8 @@ from provisioning.reconciler import planner
 from provisioning.reconciler.runner import reconcile_pass
 from provisioning.reconciler.state import Desired
 from provisioning.reconciler.state import EdgeLoad
+from provisioning.reconciler.state import HostsRemove
+from provisioning.reconciler.state import HostsSet
 from provisioning.reconciler.state import KnownDeployment
 from provisioning.reconciler.state import LiveApp
 from provisioning.reconciler.state import NetworkCreate
@@ -278,41 +280,71 @@ def routes_of(app: LiveApp, serving: set[str]) -> dict[str, Any]:
     return {route["@id"]: route}
 
 
+LOOKUP = caddy_routes.UpstreamLookup(
+    name=f"{APP_ID}.apps.coltsfoot.internal", port=8000, resolver="127.0.0.1:5354", refresh="1000ms"
+)
+TO_REPLICAS = caddy_routes.app_route(APP_ID, ["shop-acme.localhost"], LOOKUP)
+BOTH = ("10.89.0.2", "10.89.0.3")
+
+
 @pytest.mark.parametrize(
-    ("app", "serving", "seen_routes", "expected"),
+    ("app", "serving", "seen_routes", "seen_hosts", "expected"),
     [
-        pytest.param(live(R0, row(1)), {R0.name, row(1).name}, "same", [], id="the route is right: nothing"),
+        pytest.param(live(R0, row(1)), {R0.name, row(1).name}, "same", BOTH, [], id="route and hosts right: nothing"),
         pytest.param(
             live(R0, row(1)),
             {R0.name, row(1).name},
             {},
-            [
-                RouteSet(
-                    APP_ID,
-                    caddy_routes.app_route(APP_ID, ["shop-acme.localhost"], ["10.89.0.2:8000", "10.89.0.3:8000"]),
-                )
-            ],
-            id="missing: pushed",
+            None,
+            [HostsSet(APP_ID, BOTH), RouteSet(APP_ID, TO_REPLICAS)],
+            id="both missing: the addresses first, then the route that looks them up",
+        ),
+        pytest.param(
+            live(R0, row(1)),
+            {R0.name, row(1).name},
+            "same",
+            None,
+            [HostsSet(APP_ID, BOTH)],
+            id="the hosts file is missing: written, the route left alone",
+        ),
+        pytest.param(
+            live(R0, row(1)),
+            {R0.name, row(1).name},
+            "same",
+            ("10.89.0.9",),
+            [HostsSet(APP_ID, BOTH)],
+            id="the hosts file is wrong: rewritten, the route left alone",
         ),
         pytest.param(
             live(R0, row(1)),
             {row(1).name},
             routes_of(live(R0, row(1)), {R0.name, row(1).name}),
-            [RouteSet(APP_ID, caddy_routes.app_route(APP_ID, ["shop-acme.localhost"], ["10.89.0.3:8000"]))],
-            id="a dead replica's upstream is dropped",
+            BOTH,
+            [HostsSet(APP_ID, ("10.89.0.3",))],
+            id="a dead replica's address is dropped: no route change (no config load)",
+        ),
+        pytest.param(
+            live(R0, row(1)),
+            {R0.name, row(1).name},
+            {TO_REPLICAS["@id"]: caddy_routes.app_route(APP_ID, ["old-acme.localhost"], LOOKUP)},
+            BOTH,
+            [RouteSet(APP_ID, TO_REPLICAS)],
+            id="the route's shape is wrong: pushed, the hosts file left alone",
         ),
         pytest.param(
             live(R0),
             set(),
             routes_of(live(R0), {R0.name}),
-            [RouteSet(APP_ID, caddy_routes.unavailable_route(APP_ID, ["shop-acme.localhost"]))],
-            id="none serves: the 503 page",
+            ("10.89.0.2",),
+            [RouteSet(APP_ID, caddy_routes.unavailable_route(APP_ID, ["shop-acme.localhost"])), HostsSet(APP_ID, ())],
+            id="none serves: the 503 page first, then the addresses go",
         ),
-        pytest.param(live(R0, switching=True), set(), {}, [], id="a deploy is switching it: hands off"),
+        pytest.param(live(R0, switching=True), set(), {}, None, [], id="a deploy is switching it: hands off"),
         pytest.param(
             live(R0, row(1), suspended=True),
             {R0.name, row(1).name},
             routes_of(live(R0, row(1)), {R0.name, row(1).name}),
+            BOTH,
             [RouteSet(APP_ID, caddy_routes.suspended_route(APP_ID, ["shop-acme.localhost"]))],
             id="its tenant is suspended: the suspended page, though replicas serve",
         ),
@@ -320,54 +352,45 @@ def routes_of(app: LiveApp, serving: set[str]) -> dict[str, Any]:
             live(R0, suspended=True),
             set(),
             routes_of(live(R0), set()),
+            (),
             [RouteSet(APP_ID, caddy_routes.suspended_route(APP_ID, ["shop-acme.localhost"]))],
             id="suspended and none serves: the suspended page, not the 503 one",
         ),
-        pytest.param(live(R0, suspended=True), {R0.name}, "same", [], id="suspended page in place: nothing"),
+        pytest.param(live(R0, suspended=True), {R0.name}, "same", ("10.89.0.2",), [], id="suspended page in place"),
         pytest.param(
             live(R0, row(1)),
             {R0.name, row(1).name},
             routes_of(live(R0, row(1), suspended=True), set()),
-            [
-                RouteSet(
-                    APP_ID,
-                    caddy_routes.app_route(APP_ID, ["shop-acme.localhost"], ["10.89.0.2:8000", "10.89.0.3:8000"]),
-                )
-            ],
+            BOTH,
+            [RouteSet(APP_ID, TO_REPLICAS)],
             id="reactivated: back to its replicas",
         ),
     ],
 )
-def test_route_decisions(app: LiveApp, serving: set[str], seen_routes: Any, expected: list[Any]):
+def test_route_decisions(
+    app: LiveApp, serving: set[str], seen_routes: Any, seen_hosts: tuple[str, ...] | None, expected: list[Any]
+):
     desired = Desired(apps=(app,))
     routes = routes_of(app, serving) if seen_routes == "same" else seen_routes
-    seen = Observed({}, routes, frozenset([NETWORK]))
-    assert planner.plan_routes(desired, seen, frozenset(serving), port=8000) == (expected, None)
+    hosts = {} if seen_hosts is None else {APP_ID: seen_hosts}
+    seen = Observed({}, routes, frozenset([NETWORK]), hosts=hosts)
+    assert planner.plan_routes(desired, seen, frozenset(serving), port=8000) == expected
 
 
-def test_the_route_of_an_app_that_still_serves_waits_until_its_dead_replica_is_out_of_rotation():
+def test_a_dead_replica_leaves_the_hosts_file_at_once_while_another_serves():
+    # No hold any more: the switch away from it is a hosts file write, not a Caddy config load that would
+    # turn a request retrying off the dead replica into a 502.
     app = live(R0, row(1))
     serving = frozenset({row(1).name})
-    seen_route = routes_of(app, {R0.name, row(1).name})
-    died_at = NOW.timestamp() - 1
-
-    def plan_at(exited_at: float, now: float) -> tuple[list[Any], float | None]:
-        dead = podman.ObservedContainer(NAME0, {}, "exited", 137, died_at - 60, exited_at, died_at - 60)
-        seen = Observed({NAME0: dead, row(1).name: container(row(1).name)}, seen_route, frozenset([NETWORK]))
-        return planner.plan_routes(Desired(apps=(app,)), seen, serving, port=8000, now=now)
-
-    # Died a second ago: Caddy may still be retrying a request off it, and a config reload now
-    # would turn that request into a 502; the route changes at the end of the hold.
-    assert plan_at(died_at, NOW.timestamp()) == ([], died_at + planner.ROUTE_HOLD_SECONDS)
-    dropped = RouteSet(APP_ID, planner.desired_route(app, serving, 8000))
-    assert plan_at(died_at, died_at + planner.ROUTE_HOLD_SECONDS + 0.1) == ([dropped], None)
-    # With nothing left to fail over to, the 503 page goes up at once.
-    alone = live(R0)
+    died_at = NOW.timestamp() - 0.2
     dead = podman.ObservedContainer(NAME0, {}, "exited", 137, died_at - 60, died_at, died_at - 60)
-    seen = Observed({NAME0: dead}, routes_of(alone, {R0.name}), frozenset([NETWORK]))
-    actions, held = planner.plan_routes(Desired(apps=(alone,)), seen, frozenset(), port=8000, now=NOW.timestamp())
-    assert actions == [RouteSet(APP_ID, caddy_routes.unavailable_route(APP_ID, ["shop-acme.localhost"]))]
-    assert held is None
+    seen = Observed(
+        {NAME0: dead, row(1).name: container(row(1).name)},
+        routes_of(app, {R0.name, row(1).name}),
+        frozenset([NETWORK]),
+        hosts={APP_ID: BOTH},
+    )
+    assert planner.plan_routes(Desired(apps=(app,)), seen, serving, port=8000) == [HostsSet(APP_ID, ("10.89.0.3",))]
 
 
 def test_a_caddy_without_its_config_gets_every_route_back_in_one_load():
@@ -375,8 +398,12 @@ def test_a_caddy_without_its_config_gets_every_route_back_in_one_load():
     apps = (live(R0), live(row(1), app_id=other))
     desired = Desired(apps=apps)
     seen = Observed({}, None, frozenset([NETWORK]), catchall=False)
-    actions, _held = planner.plan_routes(desired, seen, frozenset({R0.name, row(1).name}), port=8000)
-    assert actions == [EdgeLoad(tuple(planner.desired_route(a, frozenset({R0.name, row(1).name}), 8000) for a in apps))]
+    actions = planner.plan_routes(desired, seen, frozenset({R0.name, row(1).name}), port=8000)
+    assert actions == [
+        HostsSet(APP_ID, ("10.89.0.2",)),
+        HostsSet(other, ("10.89.0.3",)),
+        EdgeLoad(tuple(planner.desired_route(a, frozenset({R0.name, row(1).name}), 8000) for a in apps)),
+    ]
 
 
 def test_routes_of_apps_the_platform_does_not_serve_are_removed_but_not_those_about_to_go_live():
@@ -388,8 +415,9 @@ def test_routes_of_apps_the_platform_does_not_serve_are_removed_but_not_those_ab
         "someone-elses": {},
     }
     desired = Desired(apps=(), apps_routing_soon=frozenset({soon}))
-    actions, _held = planner.plan_routes(desired, Observed({}, routes, frozenset()), frozenset(), port=8000)
-    assert actions == [RouteRemove(caddy_routes.route_id(stale))]
+    hosts = {stale: ("10.89.0.2",), soon: ("10.89.0.3",)}
+    actions = planner.plan_routes(desired, Observed({}, routes, frozenset(), hosts=hosts), frozenset(), port=8000)
+    assert actions == [RouteRemove(caddy_routes.route_id(stale)), HostsRemove(stale)]
 
 
 # === Whole passes against the fakes ==============================================================
@@ -461,16 +489,17 @@ def test_a_killed_replica_is_replaced_and_the_route_follows(app: App, fake_podma
     first, second = (r.name for r in replicas_of(live_deployment))
     fake_podman.kill(first)
 
-    before = routes.table[app.public_id]
+    route_before, writes = routes.raw[caddy_routes.route_id(app.public_id)], routes.writes
     report = reconcile_pass()  # records the crash; backoff starts at 1 s
     assert report.wake_in == 1.0
     crashed = replicas_of(live_deployment)[0]
     assert (crashed.state, crashed.last_exit_code, crashed.last_exit_reason) == ("crashed", 137, "killed")
-    # Held for a moment: the edge's own retries take the dead replica out of rotation meanwhile.
-    assert routes.table[app.public_id] == before
-    assert report.actions["route_held"] == 1
+    # Its address leaves the app's hosts file at once; the route itself is not touched (no config load).
+    assert routes.table[app.public_id] == [f"{fake_podman.containers[second].address}:8000"]
+    assert report.actions["hosts_set"] == 1
+    assert (routes.raw[caddy_routes.route_id(app.public_id)], routes.writes) == (route_before, writes)
 
-    reconcile_pass(now=timezone.now() + timedelta(seconds=planner.ROUTE_HOLD_SECONDS + 1))
+    reconcile_pass(now=timezone.now() + timedelta(seconds=2))
 
     restarted = replicas_of(live_deployment)[0]
     assert (restarted.state, restarted.restarts) == ("running", 1)
@@ -481,6 +510,40 @@ def test_a_killed_replica_is_replaced_and_the_route_follows(app: App, fake_podma
     log = Deployment.objects.get(pk=live_deployment.pk).log
     assert "web.1 was killed with exit code 137; restarting it in 1 s" in log
     assert "web.1 answers HTTP again" in log
+
+
+@pytest.mark.parametrize("damage", ["missing", "wrong", "empty"])
+def test_a_missing_or_wrong_hosts_file_is_repaired_without_touching_the_route(
+    app: App, fake_podman: FakePodman, routes: FakeRoutes, damage: str
+):
+    live_deployment = go_live(app)
+    expected = sorted(f"{fake_podman.containers[name].address}:8000" for name in fake_podman.names_of(live_deployment))
+    hosts = routes.hosts
+    if damage == "missing":
+        hosts.remove(app.public_id)
+    else:
+        hosts.write(app.public_id, ["10.89.9.9"] if damage == "wrong" else [])
+    assert sorted(routes.table[app.public_id]) != expected  # the edge would send visitors nowhere, or elsewhere
+    route_before, writes = routes.raw[caddy_routes.route_id(app.public_id)], routes.writes
+
+    report = reconcile_pass()
+
+    assert report.actions == {"hosts_set": 1}
+    assert sorted(routes.table[app.public_id]) == expected
+    assert (routes.raw[caddy_routes.route_id(app.public_id)], routes.writes) == (route_before, writes)
+    assert reconcile_pass().actions == {}  # and stays repaired
+
+
+def test_a_deleted_apps_hosts_file_is_removed(app: App, fake_podman: FakePodman, routes: FakeRoutes):
+    go_live(app)
+    stray = uuid.uuid4()  # an app the platform does not know (deleted while the worker was down)
+    routes.hosts.write(stray, ["10.89.9.9"])
+
+    report = reconcile_pass()
+
+    assert report.actions == {"hosts_removed": 1}
+    assert routes.hosts.read(stray) is None
+    assert routes.hosts.read(app.public_id)  # its own stays
 
 
 def test_a_vanished_replica_is_started_again_in_the_same_pass(app: App, fake_podman: FakePodman, routes: FakeRoutes):

@@ -20,6 +20,7 @@ from celery.exceptions import Retry
 from django.conf import settings
 from django.utils import timezone
 
+from caddy import routes as caddy_routes
 from core import crypto
 from drivers import podman
 from platform_apps.deployments.services import deployment_create_rollback
@@ -154,6 +155,33 @@ def test_the_next_deployment_supersedes_the_live_one_after_a_graceful_stop(
     assert not Replica.objects.filter(deployment=first).exists()
     # The old image stays: it is what a rollback reuses.
     assert first.image_ref in fake_podman.images
+
+
+def test_a_switch_rewrites_the_hosts_file_and_waits_for_the_edge_before_the_old_replicas_retire(
+    app: App, fake_podman: FakePodman, routes: FakeRoutes, settings: Any
+):
+    first = go_live(app)
+    first_names = fake_podman.names_of(first)
+    route_before, writes = routes.raw[caddy_routes.route_id(app.public_id)], routes.writes
+    settings.UPSTREAM_REFRESH_MS = 1000
+    settings.UPSTREAM_SWITCH_WAIT_SECONDS = 1.5
+    seen: list[tuple[float, list[str], list[bool]]] = []
+
+    def wait(seconds: float) -> None:
+        # What the edge and the old replicas look like while the switch waits for Caddy's lookups.
+        running = [fake_podman.containers[name].running for name in first_names if name in fake_podman.containers]
+        seen.append((seconds, list(routes.table[app.public_id]), running))
+
+    with mock.patch.object(pipeline, "switch_wait", autospec=True, side_effect=wait):
+        second = go_live(app)
+
+    [(waited, table, old_running)] = seen
+    assert waited >= settings.UPSTREAM_REFRESH_MS / 1000  # at least one refresh of Caddy's lookup
+    assert table == upstreams(fake_podman, second)  # the name already resolves to the new replicas
+    assert old_running == [True, True]  # and the old ones still serve meanwhile
+    assert fake_podman.names_of(first) == []  # retired after the wait
+    # The switch changed no route: same shape, so no Caddy config load.
+    assert (routes.raw[caddy_routes.route_id(app.public_id)], routes.writes) == (route_before, writes)
 
 
 def test_superseding_removes_the_old_deployments_podman_secrets(
@@ -773,6 +801,10 @@ def test_app_teardown_removes_route_containers_images_and_the_row(
 
     assert routes.deletes == [app.public_id]
     assert app.public_id not in routes.table
+    assert routes.hosts.read(app.public_id) is None  # its upstream name resolves no more
+    assert routes.hosts.read(other.app.public_id) == [
+        fake_podman.containers[n].address for n in fake_podman.names_of(other)
+    ]
     assert fake_podman.containers_with_label("coltsfoot.app", str(app.public_id)) == []
     assert first.image_ref not in fake_podman.images
     assert second.image_ref not in fake_podman.images
