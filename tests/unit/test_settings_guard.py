@@ -37,6 +37,7 @@ def test_missing_secret_key_exits_1_with_one_line(argv: list[str], value: str | 
 def test_sqlite_lives_in_data_dir_not_project_root(tmp_path: Path):
     env = {**os.environ, "DJANGO_SECRET_KEY": "x", "COLTSFOOT_DATA_DIR": str(tmp_path / "data")}
     env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.pop("DATABASE_URL", None)  # the default without one (the suite itself may run on PostgreSQL)
     code = (
         "from django.conf import settings; import django; django.setup(); print(settings.DATABASES['default']['NAME'])"
     )
