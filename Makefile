@@ -6,13 +6,15 @@ SHELL := /bin/bash
 WITH_ENV := source scripts/env.sh &&
 PYTEST_WORKERS ?= 2
 
-.PHONY: help bootstrap deps base-image lint typecheck unit fuzz integration test up down status logs bench bench-reconcile bench-routes bench-api
+.PHONY: help bootstrap deps base-image lint typecheck unit test-unit-pg fuzz integration integration-pg test up down status logs bench bench-reconcile bench-routes bench-api
 
 help:
 	@echo "make up        start the platform (Redis, Caddy, PostgreSQL, PgBouncer, Celery, API) and deploy examples/hello"
 	@echo "make down      stop everything make up started"
 	@echo "make status    show what is running"
-	@echo "make test      install what is missing, then lint, type check, unit, fuzz and integration tests"
+	@echo "make test      install what is missing, then lint, type check, unit (SQLite and PostgreSQL), fuzz and integration tests"
+	@echo "make test-unit-pg  the unit suite on a throwaway PostgreSQL (the concurrency tests run only there)"
+	@echo "make integration-pg  the deploy integration tests with the platform DB on PostgreSQL behind PgBouncer"
 	@echo "make fuzz      schemathesis over the OpenAPI document, in process (hermetic, about a minute)"
 	@echo "make bench     run every benchmark (deploy, routes, api) and print one JSON document with its goals"
 	@echo "make bench-reconcile  time a reconcile pass over 1,000 apps against fakes (prints JSON)"
@@ -39,6 +41,12 @@ typecheck: deps
 unit: deps
 	@$(WITH_ENV) uv run --frozen pytest tests/unit -n $(PYTEST_WORKERS) -q
 
+# The unit suite again with the platform DB on PostgreSQL: a throwaway cluster on a free port (devstack.testdb),
+# reached directly, not through PgBouncer, since pytest-django creates and drops one test database per xdist
+# worker, which needs a session. The tests marked `postgres` (real concurrency) run only in this pass.
+test-unit-pg: deps
+	@$(WITH_ENV) uv run --frozen python -m devstack.testdb -- uv run --frozen pytest tests/unit -n $(PYTEST_WORKERS) -q
+
 # Schemathesis against the API in process (tests/fuzz): hermetic like the unit tier, kept apart
 # because it is one long run per operation rather than many small tests.
 fuzz: deps
@@ -47,7 +55,12 @@ fuzz: deps
 integration: base-image
 	@$(WITH_ENV) uv run --frozen pytest tests/integration -n $(PYTEST_WORKERS) --dist loadfile -q -m integration
 
-test: lint typecheck unit fuzz integration
+# One integration file with the platform DB on PostgreSQL through PgBouncer in transaction mode, as
+# `COLTSFOOT_PLATFORM_DB=postgres make up` runs it (the whole suite on both DBs would double CI's time).
+integration-pg: base-image
+	@$(WITH_ENV) COLTSFOOT_TEST_PLATFORM_DB=postgres uv run --frozen pytest tests/integration/test_deploy.py tests/integration/test_platform_db.py -q -m integration
+
+test: lint typecheck unit test-unit-pg fuzz integration integration-pg
 
 # The supervisor is devstack/ (python -m devstack); the same code runs the integration tests' and the
 # benchmark's stacks.

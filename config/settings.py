@@ -100,9 +100,13 @@ def _database_from_url(url: str) -> dict[str, object]:
         "PASSWORD": unquote(parts.password or ""),
         "HOST": parts.hostname or "",
         "PORT": str(parts.port or ""),
-        # Behind PgBouncer in transaction mode, server-side cursors break across transactions.
+        # Behind PgBouncer in transaction mode a server connection is ours for one transaction only, so
+        # nothing may outlive one: no server-side cursors (named cursors span transactions), no prepared
+        # statements (psycopg would prepare a query run 5 times and find it missing on the next server
+        # connection; Django's default, stated here so it stays so), no kept connections.
         "DISABLE_SERVER_SIDE_CURSORS": True,
         "CONN_MAX_AGE": 0,
+        "OPTIONS": {"prepare_threshold": None},
     }
 
 

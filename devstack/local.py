@@ -16,6 +16,10 @@ Everything lives under the state dir, COLTSFOOT_STATE_DIR (default ~/.local/stat
                      `set -a; . <state>/env; set +a` and `uv run python manage.py ...` talks to this stack.
   demo-tenant.json   the demo tenant's id and token (create_tenant shows a token only once), mode 600.
   data/              COLTSFOOT_DATA_DIR unless the caller sets it: SQLite DB, uploads, build dirs, static/.
+  platform-db        `sqlite` or `postgres`: where this state dir's platform DB is (COLTSFOOT_PLATFORM_DB at the
+                     first `up`; a later `up` keeps it, and refuses a COLTSFOOT_PLATFORM_DB that says otherwise).
+                     With `postgres` it is the database and role `coltsfoot_platform` on the stack's PostgreSQL,
+                     reached through PgBouncer (DATABASE_URL in env), its password STACK_PLATFORM_DB_PASSWORD.
   run/ logs/         pid files and one log per service (and manage.log).
   redis/ caddy/      their data and config (Caddy's HOME and XDG dirs point here).
   pg                 PostgreSQL's data dir and socket, PgBouncer's ini and auth_file. PostgreSQL and
@@ -61,6 +65,7 @@ from devstack.services import REPO_ROOT
 from devstack.services import CaddyServer
 from devstack.services import PgBouncerServer
 from devstack.services import Platform
+from devstack.services import PlatformDatabase
 from devstack.services import PostgresServer
 from devstack.services import ProcessService
 from devstack.services import RedisServer
@@ -83,6 +88,9 @@ SECRET_KEYS = (
     "STACK_PG_SUPERUSER_PASSWORD",
     "STACK_PGBOUNCER_ADMIN_PASSWORD",
 )
+# Generated into secrets.env when missing (state dirs from before the PostgreSQL platform DB lack it).
+PLATFORM_DB_LOGIN_VARIABLE = "STACK_PLATFORM_DB_PASSWORD"
+PLATFORM_DBS = ("sqlite", "postgres")
 # Binaries `up` needs, with the Debian package that has them (scripts/bootstrap.sh installs them all).
 REQUIRED = (("redis-server", "redis-server"), ("caddy", "caddy"), ("pgbouncer", "pgbouncer"), ("podman", "podman"))
 
@@ -177,6 +185,7 @@ class LocalStack:
         self.instance_file = state / "instance-id"
         self.env_file = state / "env"
         self.demo_file = state / "demo-tenant.json"
+        self.platform_db_file = state / "platform-db"
         self.hardened_marker = state / "pg-hardened"
         self.service_user = ServiceUser.for_postgres()
         self.svc_dir = self._svc_dir()
@@ -221,7 +230,13 @@ class LocalStack:
                 f"STACK_PGBOUNCER_ADMIN_PASSWORD={secrets.token_hex(24)}",
             ]
             write_private(self.secrets_file, "\n".join(lines) + "\n")
-        return self.secrets_load()
+        values = self.secrets_load()
+        if not values.get(PLATFORM_DB_LOGIN_VARIABLE):
+            text = self.secrets_file.read_text()
+            text += ("" if text.endswith("\n") else "\n") + f"{PLATFORM_DB_LOGIN_VARIABLE}={secrets.token_hex(24)}\n"
+            write_private(self.secrets_file, text)
+            values = self.secrets_load()
+        return values
 
     def secrets_load(self) -> dict[str, str]:
         values: dict[str, str] = {}
@@ -237,6 +252,26 @@ class LocalStack:
                 "from scratch)"
             )
         return values
+
+    def platform_db(self, *, create: bool) -> str:
+        """`sqlite` or `postgres`: this state dir's platform DB, chosen by COLTSFOOT_PLATFORM_DB at the first `up`
+        and kept in the state dir. Switching an existing state dir would silently start on an empty DB (every
+        tenant and app gone from view), so it is refused."""
+        wanted = self.caller_env.get("COLTSFOOT_PLATFORM_DB", "").strip().lower()
+        if wanted and wanted not in PLATFORM_DBS:
+            raise ServiceError(f"COLTSFOOT_PLATFORM_DB={wanted!r}: use sqlite (the default) or postgres")
+        stored = ""
+        with contextlib.suppress(FileNotFoundError):
+            stored = self.platform_db_file.read_text().strip()
+        if create and stored and wanted and wanted != stored:
+            raise ServiceError(
+                f"this state dir's platform DB is {stored} ({self.platform_db_file}); COLTSFOOT_PLATFORM_DB={wanted} "
+                "would start on an empty one. Unset it, or use another COLTSFOOT_STATE_DIR (or start from scratch)"
+            )
+        chosen = stored or wanted or "sqlite"
+        if create and not stored:
+            write_private(self.platform_db_file, chosen + "\n")
+        return chosen
 
     def instance_id(self, *, create: bool) -> str | None:
         """This installation's instance id: made once (from COLTSFOOT_INSTANCE_ID if the caller set one, else a
@@ -256,10 +291,11 @@ class LocalStack:
 
     # --- the stack ------------------------------------------------------------------------------------
 
-    def build(self, values: dict[str, str] | None, instance_id: str | None) -> Stack:
+    def build(self, values: dict[str, str] | None, instance_id: str | None, *, create: bool = False) -> Stack:
         """The services of this installation. Without secrets (status, down before any up) the passwords are
         placeholders: nothing that needs them runs then."""
         values = values or {}
+        platform_db = self.platform_db(create=create)
         config = self.config
         redis = RedisServer(
             self.state / "redis", port=config.redis_port, persistent=True, log_dir=self.log_dir, run_dir=self.run_dir
@@ -289,6 +325,10 @@ class LocalStack:
             idle_tx_timeout_ms=config.idle_tx_timeout_ms,
             run_dir=self.run_dir,
         )
+        database = None
+        if platform_db == "postgres":
+            password = values.get(PLATFORM_DB_LOGIN_VARIABLE) or "unset"
+            database = PlatformDatabase(postgres, pgbouncer, password)
         base_env = {k: v for k, v in self.caller_env.items() if k != "COLTSFOOT_INSTANCE_ID"}
         data_dir = Path(self.caller_env.get("COLTSFOOT_DATA_DIR", "").strip() or self.state / "data")
         extra = {"COLTSFOOT_FERNET_KEYS": values.get("COLTSFOOT_FERNET_KEYS", "")}
@@ -309,6 +349,7 @@ class LocalStack:
             secret_key=values.get("DJANGO_SECRET_KEY") or "unset",
             extra_env=extra,
             dns_port=config.upstream_dns_port,
+            database=database,
         )
         return Stack([redis, caddy, postgres, pgbouncer, platform])
 
@@ -318,7 +359,7 @@ class LocalStack:
             f"# set -a; . {self.env_file}; set +a   then   uv run python manage.py ...   works against it.",
         ]
         for name in sorted(platform.env):
-            if name.startswith(("COLTSFOOT_", "DJANGO_")):
+            if name.startswith(("COLTSFOOT_", "DJANGO_")) or name == "DATABASE_URL":
                 lines.append(f"{name}={shlex.quote(platform.env[name])}")
         write_private(self.env_file, "\n".join(lines) + "\n")
 
@@ -348,7 +389,7 @@ class LocalStack:
             say(f"==> state dir {self.state}")
             values = self.secrets_ensure()
             instance = self.instance_id(create=True)
-            stack = self.build(values, instance)
+            stack = self.build(values, instance, create=True)
             platform = stack.require_platform()
             platform.data_dir.mkdir(parents=True, exist_ok=True)
             self.env_file_write(platform)
@@ -418,6 +459,11 @@ class LocalStack:
         say(f"  demo app     {demo.app['url']}")
         say(f"               curl -H 'Host: {demo.app['hostname']}' http://{edge}/")
         say(f"  HTTPS edge   {platform.caddy.tls_url}   (internal CA root: {platform.caddy.admin_url}/pki/ca/local)")
+        if platform.database is not None:
+            where = f"PostgreSQL database {platform.database.name} (role {platform.database.role}) via PgBouncer"
+            say(f"  platform DB  {where} on {platform.pgbouncer.describe()}")
+        else:
+            say(f"  platform DB  SQLite, {platform.data_dir / 'coltsfoot.sqlite3'}")
         say(f"  state dir    {self.state}")
         say(f"  logs         {self.log_dir}/")
         say(f"  environment  set -a; . {self.env_file}; set +a   (to run manage.py against this stack)")

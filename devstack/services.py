@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 import httpx
 import psycopg
+from psycopg import sql
 
 from devstack.process import LOCALHOST
 from devstack.process import TAIL_LINES
@@ -651,6 +652,76 @@ class PgBouncerServer(ProcessService):
             shutil.rmtree(self.rundir, ignore_errors=True)
 
 
+PLATFORM_DB_ROLE = "coltsfoot_platform"
+PLATFORM_DB_NAME = "coltsfoot_platform"
+
+
+class PlatformDatabase:
+    """The platform DB on the stack's own PostgreSQL, reached through its PgBouncer in transaction mode: a
+    database and a login role of its own, never a tenant's (tenant roles are `t_<hex>`, their databases
+    `d_<hex>`). The role owns its database and nothing else: no superuser, no CREATEDB, no CREATEROLE. CONNECT
+    on the database is taken from PUBLIC, so a tenant role that names it through PgBouncer is refused by
+    PostgreSQL. Its timezone is UTC, so Django never needs a session-level SET on a pooled connection.
+
+    `ensure` is idempotent (every `make up`, every test session): it creates what is missing, sets the
+    password only when the stored verifier does not match it, and puts the role's SCRAM verifier in PgBouncer's
+    auth_file (RELOAD only when the file changed)."""
+
+    def __init__(
+        self,
+        postgres: PostgresServer,
+        pgbouncer: PgBouncerServer,
+        password: str,
+        *,
+        role: str = PLATFORM_DB_ROLE,
+        name: str = PLATFORM_DB_NAME,
+    ) -> None:
+        self.postgres = postgres
+        self.pgbouncer = pgbouncer
+        self.password = password
+        self.role = role
+        self.name = name
+
+    @property
+    def url(self) -> str:
+        """DATABASE_URL of the platform processes: through PgBouncer."""
+        return self.pgbouncer.dsn(self.role, self.password, self.name)
+
+    def ensure(self) -> None:
+        role, name = sql.Identifier(self.role), sql.Identifier(self.name)
+        try:
+            with psycopg.connect(self.postgres.admin_dsn, autocommit=True, connect_timeout=5) as conn:
+                row = conn.execute("SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = %s", (self.role,))
+                found = row.fetchone()
+                if found is None:
+                    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS").format(
+                        role
+                    )
+                )
+                if found is None or not pgbouncer_files.scram_verifier_matches(str(found[0] or ""), self.password):
+                    # A verifier computed here: the plaintext never reaches the server (nor its logs).
+                    verifier = pgbouncer_files.scram_verifier(self.password)
+                    conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(verifier)))
+                exists = conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (self.name,))
+                if exists.fetchone() is None:
+                    conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(name, role))
+                conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(name))
+                conn.execute(sql.SQL("ALTER DATABASE {} SET timezone TO 'UTC'").format(name))
+                stored = conn.execute("SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = %s", (self.role,))
+                verifier_row = stored.fetchone()
+        except psycopg.Error as exc:
+            raise ServiceError(f"the platform DB {self.name} on {self.postgres.describe()} failed: {exc}") from exc
+        if verifier_row is None or not verifier_row[0]:
+            raise ServiceError(f"the platform DB role {self.role} has no password")
+        with pgbouncer_files.userlist_lock(self.pgbouncer.auth_file):
+            changed = pgbouncer_files.userlist_upsert(self.pgbouncer.auth_file, self.role, str(verifier_row[0]))
+            if changed and self.pgbouncer.process.running:
+                self.pgbouncer.reload()
+        logger.info("platform DB %s ready (role %s, auth_file changed: %s)", self.name, self.role, changed)
+
+
 class RegistryServer(ProcessService):
     """A plain-HTTP OCI registry on 127.0.0.1 (Debian's `docker-registry`, i.e. distribution v2), storing its
     blobs in its directory. Image-deploy tests push to it with `--tls-verify=false`."""
@@ -945,8 +1016,11 @@ class Platform(Service):
         extra_env: dict[str, str] | None = None,
         with_beat: bool = True,
         dns_port: int | None = None,
+        database: PlatformDatabase | None = None,
     ) -> None:
         self.dir = directory
+        # None: the SQLite platform DB under the data dir; else PostgreSQL through PgBouncer (DATABASE_URL).
+        self.database = database
         self.data_dir = data_dir or directory / "data"
         self.log_dir = log_dir or directory / "logs"
         self.run_dir = run_dir or directory / "run"
@@ -988,7 +1062,7 @@ class Platform(Service):
             env = {key: os.environ[key] for key in PASSTHROUGH_ENV if os.environ.get(key)}
             env.update({"HOME": str(self.home), "LANG": env.get("LANG", "C.UTF-8")})
         # A DATABASE_URL in a developer's shell most likely belongs to another project: this platform DB is
-        # SQLite under COLTSFOOT_DATA_DIR.
+        # SQLite under COLTSFOOT_DATA_DIR, or the stack's own PostgreSQL database (`database`).
         env.pop("DATABASE_URL", None)
         env.update(
             {
@@ -1012,6 +1086,8 @@ class Platform(Service):
                 "COLTSFOOT_UPSTREAM_HOSTS_DIR": str(self.dns.hosts_dir),
             }
         )
+        if self.database is not None:
+            env["DATABASE_URL"] = self.database.url
         env.update(extra)
         return env
 
@@ -1064,8 +1140,10 @@ class Platform(Service):
         self.manage("collectstatic", "--noinput", "--verbosity", "0")
 
     def prepare(self) -> None:
-        """What every start does first: migrate, collect the static files and install the firewall table (each
-        idempotent)."""
+        """What every start does first: the PostgreSQL platform DB (if any), migrate, collect the static files and
+        install the firewall table (each idempotent)."""
+        if self.database is not None:
+            self.database.ensure()
         self.migrate()
         self.collectstatic()
         self.firewall_apply()

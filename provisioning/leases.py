@@ -1,6 +1,9 @@
 """Named leases in the platform DB: at most one holder at a time, and a holder that dies loses
-its lease when it expires. Claimed with one conditional UPDATE (no SELECT ... FOR UPDATE, which
-SQLite does not have)."""
+its lease when it expires. Claimed with one conditional UPDATE, correct on both platform DBs and
+behind PgBouncer's transaction pooling (a row, not a session or advisory lock): SQLite runs one
+writer at a time, and on PostgreSQL a second UPDATE of the row waits for the first to commit and
+then evaluates its WHERE again on the committed row, so it matches nothing while the winner's
+lease is fresh (tests/unit/test_pg_concurrency.py races them)."""
 
 from __future__ import annotations
 

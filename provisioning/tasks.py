@@ -31,6 +31,7 @@ from caddy.client import CaddyClient
 from core.faults import DeployError
 from core.faults import PlatformError
 from core.faults import is_transient
+from core.locks import row_lock
 from core.logging import bind
 from core.logging import request_id_var
 from core.logging import unbind
@@ -57,6 +58,7 @@ from provisioning import watchdog  # noqa: F401 - the worker's watchdog: its sig
 from provisioning.firewall import firewall_sync
 from provisioning.reconciler import collector
 from provisioning.reconciler.runner import reconcile_pass
+from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -205,9 +207,9 @@ BUILD_WAIT_MESSAGE = "Waiting for one of this tenant's other builds to finish"
 def build_slot_claim(deployment: Deployment) -> bool:
     """queued -> building, if the tenant has fewer than MAX_CONCURRENT_BUILDS builds running, or
     if it is an upload whose image already exists (it builds nothing, see `pipeline.build`).
-    Count and claim share one transaction (IMMEDIATE on SQLite, so two workers cannot both take
-    the last slot); a build that waits stays queued rather than failing, since a busy tenant
-    deserves a slower deploy, not a lost one."""
+    Count and claim share one transaction (IMMEDIATE on SQLite, the tenant's row lock on PostgreSQL,
+    so two workers cannot both take the last slot); a build that waits stays queued rather than
+    failing, since a busy tenant deserves a slower deploy, not a lost one."""
     if deployment.source_kind not in BUILD_KINDS:
         return _transition(deployment, State.QUEUED, State.BUILDING, started_at=timezone.now())
     if _build_slot_take(deployment):
@@ -222,6 +224,7 @@ def build_slot_claim(deployment: Deployment) -> bool:
 
 def _build_slot_take(deployment: Deployment) -> bool:
     with transaction.atomic():
+        row_lock(Tenant, deployment.app.tenant_id)
         building = (
             Deployment.objects.filter(
                 app__tenant_id=deployment.app.tenant_id, state=State.BUILDING, source_kind__in=BUILD_KINDS
@@ -456,10 +459,15 @@ def requeue_work(now: datetime | None = None) -> dict[str, int]:
     stuck = Deployment.objects.filter(state__in=Deployment.ACTIVE_STATES).filter(
         Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True, created_at__lt=unclaimed)
     )
-    deployments = [str(pid) for pid in stuck.values_list("public_id", flat=True)]
-    # Mark them requeued (a fresh heartbeat any task may claim), so the next sweep does not
-    # queue them again while the first requeued task is still waiting for a worker.
-    stuck.filter(public_id__in=deployments).update(heartbeat_at=now, lease_owner=REQUEUED)
+    with transaction.atomic():
+        # On PostgreSQL the rows a worker is claiming at this instant are locked by its UPDATE: skip them
+        # (its claim wins and the deployment is not stalled) rather than wait and queue it needlessly. The
+        # ids are exactly the rows marked below, so a row is requeued only if this sweep marked it.
+        locked = stuck.select_for_update(skip_locked=True).values_list("public_id", flat=True)
+        deployments = [str(pid) for pid in locked]
+        # Mark them requeued (a fresh heartbeat any task may claim), so the next sweep does not
+        # queue them again while the first requeued task is still waiting for a worker.
+        Deployment.objects.filter(public_id__in=deployments).update(heartbeat_at=now, lease_owner=REQUEUED)
     for deployment_id in deployments:
         logger.info("requeueing stalled deployment", extra={"deployment_id": deployment_id})
         deployment_run.delay(deployment_id)

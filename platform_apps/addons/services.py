@@ -14,6 +14,7 @@ from audit.services import audit_record
 from core import crypto
 from core.errors import Conflict
 from core.errors import Unprocessable
+from core.locks import row_lock
 from core.queue import enqueue_on_commit
 from drivers import postgres
 from drivers import redis
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 @transaction.atomic
 def addon_create(*, app: App) -> Addon:
+    row_lock(Tenant, app.tenant_id)  # check-then-write (core.locks)
     if app.state != App.State.ACTIVE:
         raise Conflict("app.deleting", "This app is being deleted.")
     addon: Addon | None = Addon.objects.filter(app=app).first()
@@ -63,6 +65,7 @@ def addon_create(*, app: App) -> Addon:
 
 @transaction.atomic
 def addon_delete(*, app: App) -> Addon:
+    row_lock(Tenant, app.tenant_id)  # check-then-write (core.locks)
     addon = addon_get(app=app)
     if addon.state == Addon.State.PROVISIONING:
         raise Conflict("addon.provisioning", "The database is still being created; delete it once it is ready.")
@@ -121,6 +124,7 @@ def _redis_plan(addon: RedisAddon) -> dict[str, str | int | bool]:
 
 @transaction.atomic
 def redis_addon_create(*, app: App, maxmemory_mb: int, policy: str, persistence: bool) -> RedisAddon:
+    row_lock(Tenant, app.tenant_id)  # check-then-write (core.locks)
     if app.state != App.State.ACTIVE:
         raise Conflict("app.deleting", "This app is being deleted.")
     addon: RedisAddon | None = RedisAddon.objects.filter(app=app).first()
@@ -167,6 +171,7 @@ def redis_addon_create(*, app: App, maxmemory_mb: int, policy: str, persistence:
 def redis_addon_update(*, app: App, maxmemory_mb: int | None, policy: str | None) -> RedisAddon:
     """Change the plan. A ready Redis is provisioned again with the new config (the same container name,
     address, password and data); the app keeps its REDIS_URL."""
+    row_lock(Tenant, app.tenant_id)  # the tenant's Redis memory quota (core.locks)
     addon = redis_addon_get(app=app)
     if addon.state == RedisAddon.State.PROVISIONING:
         raise Conflict("addon.provisioning", "The Redis is being provisioned; change it once it is ready.")

@@ -15,6 +15,7 @@ from audit.services import ACCEPTED
 from audit.services import audit_record
 from core.errors import Conflict
 from core.errors import Unprocessable
+from core.locks import row_lock
 from core.queue import enqueue_on_commit
 from platform_apps.deployments.services import release_current
 from platform_apps.models import App
@@ -92,7 +93,8 @@ def _reads_as_another_tenant(tenant: Tenant, name: str) -> bool:
 def app_create(*, tenant: Tenant, name: str, replicas: int, memory_mb: int, cpus: float, deploy_branch: str) -> App:
     size = _cpus(cpus)
     _check_sizing(tenant, replicas=replicas, memory_mb=memory_mb, cpus=size)
-    # The transaction is IMMEDIATE on SQLite, so count-then-insert cannot race another create.
+    # Count-then-insert: serialised per tenant (IMMEDIATE on SQLite, the tenant's row lock on PostgreSQL).
+    row_lock(Tenant, tenant.pk)
     if App.objects.filter(tenant=tenant).count() >= tenant.max_apps:
         raise Conflict(
             "quota.apps_exceeded",
@@ -116,7 +118,7 @@ def app_create(*, tenant: Tenant, name: str, replicas: int, memory_mb: int, cpus
                 cpus=size,
                 deploy_branch=deploy_branch,
             )
-    except IntegrityError as exc:  # a concurrent create on a platform DB without IMMEDIATE
+    except IntegrityError as exc:  # another tenant's app took the hostname in the meantime
         raise Conflict("app.name_taken", f"An app named {name!r} already exists.") from exc
     logger.info("app created", extra={"app_id": str(app.public_id)})
     audit_record(
@@ -135,6 +137,7 @@ def app_update(*, app: App, changes: dict[str, Any]) -> App:
     if app.state == App.State.DELETING:
         raise Conflict("app.deleting", "This app is being deleted.")
     cpus = _cpus(changes["cpus"]) if changes.get("cpus") is not None else None
+    row_lock(Tenant, app.tenant_id)  # the CPU quota sums the tenant's other apps: see app_create
     _check_sizing(app.tenant, replicas=changes.get("replicas"), memory_mb=changes.get("memory_mb"), cpus=cpus)
     if changes.get("replicas") is not None or cpus is not None:
         _check_cpu_quota(

@@ -2,9 +2,9 @@
 
 A restore replaces the app's data, so it is refused (409, each with its own code) while anything else
 is changing the app: a deploy in flight, the add-on being created or removed, another restore. The
-checks and the write share one transaction, which on SQLite is IMMEDIATE (taken at BEGIN), so two
-requests cannot both pass them; the restore task checks again before it starts, and waits for a
-deploy that began in between."""
+checks and the write share one transaction, which on SQLite is IMMEDIATE (taken at BEGIN) and on
+PostgreSQL first takes the tenant's row lock (core.locks), so two requests cannot both pass them;
+the restore task checks again before it starts, and waits for a deploy that began in between."""
 
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ from audit.services import audit_record
 from core import crypto
 from core import sealed
 from core.errors import Conflict
+from core.locks import row_lock
 from core.queue import enqueue_on_commit
 from platform_apps.models import Addon
 from platform_apps.models import AddonBackup
 from platform_apps.models import App
 from platform_apps.models import Deployment
+from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ def _ready_addon(app: App) -> Addon:
 
 @transaction.atomic
 def backup_create(*, app: App, kind: str = AddonBackup.Kind.MANUAL) -> AddonBackup:
+    row_lock(Tenant, app.tenant_id)
     addon = _ready_addon(app)
     if AddonBackup.objects.filter(app=app, state__in=(AddonBackup.State.QUEUED, AddonBackup.State.RUNNING)).exists():
         raise Conflict("backup.in_progress", "A backup of this database is already being taken.")
@@ -66,6 +69,7 @@ def backup_create(*, app: App, kind: str = AddonBackup.Kind.MANUAL) -> AddonBack
 
 @transaction.atomic
 def backup_restore(*, app: App, backup: AddonBackup) -> AddonBackup:
+    row_lock(Tenant, app.tenant_id)
     if backup.state != AddonBackup.State.SUCCEEDED:
         raise Conflict("backup.not_restorable", f"This backup is {backup.state}; only a finished one can be restored.")
     _ready_addon(app)

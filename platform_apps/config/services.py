@@ -16,12 +16,14 @@ from audit.services import audit_record
 from core import crypto
 from core.errors import Conflict
 from core.errors import Unprocessable
+from core.locks import row_lock
 from platform_apps.deployments.services import release_current
 from platform_apps.models import Addon
 from platform_apps.models import App
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
 from platform_apps.models import RedisAddon
+from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ def config_patch(*, app: App, plain: dict[str, str | None], secrets: dict[str, s
     of the same image with the new environment. Returns that release, or None."""
     if app.state != App.State.ACTIVE:
         raise Conflict("app.deleting", "This app is being deleted.")
+    row_lock(Tenant, app.tenant_id)  # the count of config vars, and the release it queues (core.locks)
     both = sorted(set(plain) & set(secrets))
     if both:
         raise _refuse("config.duplicate_key", f"{both[0]} is given both as a var and as a secret.", both[0])

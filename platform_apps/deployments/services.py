@@ -34,6 +34,7 @@ from core.errors import Unprocessable
 from core.faults import DeployError
 from core.faults import SourceRejected
 from core.faults import UserError
+from core.locks import row_lock
 from core.queue import enqueue_on_commit
 from drivers import git
 from drivers.archive import check_upload_size
@@ -42,6 +43,7 @@ from platform_apps.deployments.schemas import SourceDeployIn
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import StorageUsage
+from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +146,12 @@ DEPLOY = Audit()
 
 @transaction.atomic
 def _insert(app: App, *, audit: Audit | None, **fields: object) -> Deployment:
-    # IMMEDIATE transactions on SQLite make max+1 safe; the unique constraint backs it elsewhere.
+    # max+1 and the deploy rate are check-then-insert: serialised per tenant (IMMEDIATE on SQLite, the
+    # tenant's row lock on PostgreSQL), so two deploys never get one number or both take the hour's last
+    # slot. The rate was checked before the intake already (to refuse early); this is the exact check.
+    row_lock(Tenant, app.tenant_id)
+    if fields.get("source_kind") in TENANT_DEPLOY_KINDS:
+        _check_deploy_rate(app)
     deployment = Deployment.objects.create(app=app, number=_next_number(app), **fields)
     enqueue_on_commit("coltsfoot.deployment_run", str(deployment.public_id))
     _log_created(deployment)

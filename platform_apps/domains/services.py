@@ -26,11 +26,13 @@ from audit.services import SUCCEEDED
 from audit.services import audit_record
 from core.errors import Conflict
 from core.errors import Unprocessable
+from core.locks import row_lock
 from core.queue import enqueue_on_commit
 from platform_apps.domains.hostnames import HostnameRejected
 from platform_apps.domains.hostnames import hostname_normalise
 from platform_apps.models import App
 from platform_apps.models import Domain
+from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ def domain_create(*, app: App, hostname: str) -> Domain:
     except HostnameRejected as exc:
         raise Unprocessable(exc.code, exc.message, details={"hostname": hostname[:300]}) from None
     limit = int(settings.MAX_DOMAINS_PER_APP)
+    row_lock(Tenant, app.tenant_id)  # count-then-insert (core.locks)
     if Domain.objects.filter(app=app).count() >= limit:
         raise Conflict("quota.domains_exceeded", f"An app has at most {limit} custom domains; remove one first.")
     if Domain.objects.filter(tenant_id=app.tenant_id, hostname=name).exists():

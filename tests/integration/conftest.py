@@ -21,6 +21,7 @@ from devstack.process import ServiceError
 from devstack.services import CaddyServer
 from devstack.services import PgBouncerServer
 from devstack.services import Platform
+from devstack.services import PlatformDatabase
 from devstack.services import PostgresServer
 from devstack.services import RedisServer
 from devstack.services import RegistryServer
@@ -29,6 +30,19 @@ from devstack.services import log_sections
 from devstack.stack import Stack
 from devstack.stack import isolated_stack as make_isolated_stack
 from tests.integration.dns_server import LocalDnsServer
+
+# COLTSFOOT_TEST_PLATFORM_DB=postgres puts the `platform` fixture's platform DB on the session's PostgreSQL,
+# through its PgBouncer (transaction pooling), as `COLTSFOOT_PLATFORM_DB=postgres make up` does; `make test`
+# runs tests/integration/test_deploy.py that way once (`make integration-pg`). Default: SQLite.
+PLATFORM_DB_ENV = "COLTSFOOT_TEST_PLATFORM_DB"
+
+
+def platform_db_choice() -> str:
+    choice = os.environ.get(PLATFORM_DB_ENV, "").strip().lower() or "sqlite"
+    if choice not in ("sqlite", "postgres"):
+        raise pytest.UsageError(f"{PLATFORM_DB_ENV}={choice!r}: use sqlite or postgres")
+    return choice
+
 
 # Short leases and reconcile period, so a killed worker's deployment is picked up again within seconds; local
 # git repositories allowed; a generous replica start deadline for a loaded 2-core machine. Tenant containers
@@ -131,7 +145,11 @@ def platform(
     HTTPS (`caddy_server.tls_listen`) and its DNS ownership checks asking `dns_server`.
 
     Leases and the reconcile period are short here, so a killed worker's deployment is picked up
-    again within seconds; local git repositories and a plain-HTTP local registry are allowed."""
+    again within seconds; local git repositories and a plain-HTTP local registry are allowed. The platform DB is
+    SQLite, or PostgreSQL through PgBouncer with COLTSFOOT_TEST_PLATFORM_DB=postgres."""
+    database = None
+    if platform_db_choice() == "postgres":
+        database = PlatformDatabase(postgres_server, pgbouncer_server, secrets.token_urlsafe(24))
     platform = Platform(
         _session_dir(tmp_path_factory, "platform"),
         redis_server,
@@ -145,6 +163,7 @@ def platform(
             "COLTSFOOT_IMAGE_ALLOWED_REGISTRIES": f"docker.io,ghcr.io,quay.io,{registry_server.host}",
             "COLTSFOOT_DNS_RESOLVER": dns_server.address,
         },
+        database=database,
     )
     yield from _run(platform)
 

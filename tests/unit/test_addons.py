@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 
 import pytest
 from celery.exceptions import Retry
-from django.db import connection
 
 from conftest import Actor
 from core import crypto
@@ -32,6 +31,7 @@ from provisioning import addons
 from provisioning import leases as named_lease
 from provisioning import tasks
 from provisioning.runtime import resolve_for_runtime
+from tests.unit.dbdump import database_dump
 from tests.unit.fakes import make_live
 from tests.unit.fakes import task_queued
 
@@ -695,7 +695,7 @@ def test_password_is_encrypted_at_rest_and_never_returned(
     assert len(password) >= 32
     assert password not in addon.password_encrypted
 
-    dump = "\n".join(connection.connection.iterdump())
+    dump = database_dump()
     assert addon.role_name in dump
     assert password not in dump
 

@@ -200,6 +200,7 @@ def test_restore_command_refuses_a_file_that_is_no_backup(tmp_path: Path, monkey
     junk.write_bytes(b"not a database at all")
     target = tmp_path / "data" / "coltsfoot.sqlite3"
     monkeypatch.setattr(platform_backup, "_sqlite_path", lambda: target)
+    monkeypatch.setattr(platform_backup, "_engine", lambda: "sqlite")  # the SQLite restore, whatever the suite runs on
     with pytest.raises(CommandError, match="not an SQLite database"):
         call_command("restore_platform", str(junk))
     assert not target.exists()
@@ -212,6 +213,7 @@ def test_backup_command_into_the_backup_dir_with_retention(
     settings.PLATFORM_BACKUP_DIR = str(tmp_path / "backups")
     settings.PLATFORM_BACKUP_KEEP = 2
     monkeypatch.setattr(platform_backup, "_sqlite_path", lambda: platform_db)
+    monkeypatch.setattr(platform_backup, "_engine", lambda: "sqlite")  # the SQLite backup, whatever the suite runs on
     (tmp_path / "backups").mkdir()
     unrelated = tmp_path / "backups" / "notes.txt"
     unrelated.write_text("mine")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def test_missing_secret_key_exits_1_with_one_line(argv: list[str], value: str | 
 def test_sqlite_lives_in_data_dir_not_project_root(tmp_path: Path):
     env = {**os.environ, "DJANGO_SECRET_KEY": "x", "COLTSFOOT_DATA_DIR": str(tmp_path / "data")}
     env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.pop("DATABASE_URL", None)  # the default without one (the suite itself may run on PostgreSQL)
     code = (
         "from django.conf import settings; import django; django.setup(); print(settings.DATABASES['default']['NAME'])"
     )
@@ -50,3 +52,27 @@ def test_sqlite_lives_in_data_dir_not_project_root(tmp_path: Path):
         check=True,
     )
     assert result.stdout.strip() == str(tmp_path / "data" / "coltsfoot.sqlite3")
+
+
+def test_a_postgres_database_url_is_safe_behind_pgbouncer_in_transaction_mode(tmp_path: Path):
+    env = {
+        **os.environ,
+        "DJANGO_SECRET_KEY": "x",
+        "COLTSFOOT_DATA_DIR": str(tmp_path / "data"),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "DATABASE_URL": "postgres://cf%40platform:p%2Fw@127.0.0.1:6433/coltsfoot_platform",
+    }
+    code = (
+        "import json; from django.conf import settings; import django; django.setup(); "
+        "print(json.dumps(settings.DATABASES['default']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    database = json.loads(result.stdout.strip().splitlines()[-1])
+    assert database["ENGINE"] == "django.db.backends.postgresql"
+    assert (database["USER"], database["PASSWORD"]) == ("cf@platform", "p/w")
+    assert (database["HOST"], database["PORT"], database["NAME"]) == ("127.0.0.1", "6433", "coltsfoot_platform")
+    assert database["DISABLE_SERVER_SIDE_CURSORS"] is True
+    assert database["CONN_MAX_AGE"] == 0
+    assert database["OPTIONS"]["prepare_threshold"] is None
