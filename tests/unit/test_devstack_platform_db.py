@@ -42,8 +42,10 @@ def test_postgres_gives_every_platform_process_a_url_through_pgbouncer_to_a_data
     password = stack.secrets_load()["STACK_PLATFORM_DB_PASSWORD"]
     assert len(password) >= 32
     assert env["DATABASE_URL"] == f"postgresql://coltsfoot_platform:{password}@127.0.0.1:7433/coltsfoot_platform"
-    for process in platform.services:  # API, worker, beat, collector
+    for process in (platform.api, platform.worker, platform.beat, platform.collector):
         assert process.env()["DATABASE_URL"] == env["DATABASE_URL"]
+    # The edge's DNS server is no Django process: it gets no credentials of the platform DB.
+    assert "DATABASE_URL" not in platform.dns.env()
     stack.env_file_write(platform)
     assert f"DATABASE_URL={env['DATABASE_URL']}" in (tmp_path / "state" / "env").read_text().splitlines()
 
