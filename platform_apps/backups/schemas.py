@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
-from typing import cast
 
 from ninja import Schema
 
+from core.schemas import AppOwnedOut
 from platform_apps.deployments.schemas import DeploymentError
 
 
@@ -19,9 +18,7 @@ class BackupRestoreOut(Schema):
     error: DeploymentError | None
 
 
-class BackupOut(Schema):
-    id: uuid.UUID
-    app_id: uuid.UUID
+class BackupOut(AppOwnedOut):
     kind: str
     state: str
     size: int
@@ -29,14 +26,6 @@ class BackupOut(Schema):
     created_at: datetime
     finished_at: datetime | None
     restore: BackupRestoreOut | None
-
-    @staticmethod
-    def resolve_id(obj: Any) -> uuid.UUID:
-        return cast(uuid.UUID, obj.public_id)
-
-    @staticmethod
-    def resolve_app_id(obj: Any) -> uuid.UUID:
-        return cast(uuid.UUID, obj.app.public_id)
 
     @staticmethod
     def resolve_error(obj: Any) -> dict[str, str] | None:

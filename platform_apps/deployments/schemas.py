@@ -7,13 +7,13 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 from typing import Any
-from typing import cast
 
 from ninja import Schema
 from pydantic import Field
 from pydantic import StrictStr
 from pydantic import model_validator
 
+from core.schemas import AppOwnedOut
 from core.schemas import StrictIn
 
 
@@ -22,9 +22,7 @@ class DeploymentError(Schema):
     message: str
 
 
-class DeploymentOut(Schema):
-    id: uuid.UUID
-    app_id: uuid.UUID
+class DeploymentOut(AppOwnedOut):
     number: int
     state: str
     source: dict[str, Any]
@@ -33,14 +31,6 @@ class DeploymentOut(Schema):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-
-    @staticmethod
-    def resolve_id(obj: Any) -> uuid.UUID:
-        return cast(uuid.UUID, obj.public_id)
-
-    @staticmethod
-    def resolve_app_id(obj: Any) -> uuid.UUID:
-        return cast(uuid.UUID, obj.app.public_id)
 
     @staticmethod
     def resolve_image(obj: Any) -> str | None:
