@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated
 from typing import Any
 from typing import Literal
+from typing import cast
 
+from ninja import Schema
 from pydantic import Field
 from pydantic import StrictBool
 from pydantic import StrictInt
 
-from core.schemas import AppOwnedOut
 from core.schemas import StrictIn
 from platform_apps.deployments.schemas import DeploymentError
 
 
-class AddonOut(AppOwnedOut):
+class AddonOut(Schema):
+    id: uuid.UUID
+    app_id: uuid.UUID
     kind: str = "postgres"
     state: str
     database: str
@@ -24,6 +28,14 @@ class AddonOut(AppOwnedOut):
     error: DeploymentError | None
     created_at: datetime
     updated_at: datetime
+
+    @staticmethod
+    def resolve_id(obj: Any) -> uuid.UUID:
+        return cast(uuid.UUID, obj.public_id)
+
+    @staticmethod
+    def resolve_app_id(obj: Any) -> uuid.UUID:
+        return cast(uuid.UUID, obj.app.public_id)
 
     @staticmethod
     def resolve_database(obj: Any) -> str:
@@ -63,7 +75,9 @@ class RedisPatchIn(StrictIn):
     policy: Policy | None = None
 
 
-class RedisAddonOut(AppOwnedOut):
+class RedisAddonOut(Schema):
+    id: uuid.UUID
+    app_id: uuid.UUID
     kind: str = "redis"
     state: str
     maxmemory_mb: int = Field(description="Redis's maxmemory; the container may use 32 MiB more.")
@@ -72,6 +86,14 @@ class RedisAddonOut(AppOwnedOut):
     error: DeploymentError | None
     created_at: datetime
     updated_at: datetime
+
+    @staticmethod
+    def resolve_id(obj: Any) -> uuid.UUID:
+        return cast(uuid.UUID, obj.public_id)
+
+    @staticmethod
+    def resolve_app_id(obj: Any) -> uuid.UUID:
+        return cast(uuid.UUID, obj.app.public_id)
 
     @staticmethod
     def resolve_error(obj: Any) -> dict[str, str] | None:

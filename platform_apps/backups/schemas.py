@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
+from typing import cast
 
 from ninja import Schema
 
-from core.schemas import AppOwnedOut
 from platform_apps.deployments.schemas import DeploymentError
 
 
@@ -18,7 +19,9 @@ class BackupRestoreOut(Schema):
     error: DeploymentError | None
 
 
-class BackupOut(AppOwnedOut):
+class BackupOut(Schema):
+    id: uuid.UUID
+    app_id: uuid.UUID
     kind: str
     state: str
     size: int
@@ -26,6 +29,14 @@ class BackupOut(AppOwnedOut):
     created_at: datetime
     finished_at: datetime | None
     restore: BackupRestoreOut | None
+
+    @staticmethod
+    def resolve_id(obj: Any) -> uuid.UUID:
+        return cast(uuid.UUID, obj.public_id)
+
+    @staticmethod
+    def resolve_app_id(obj: Any) -> uuid.UUID:
+        return cast(uuid.UUID, obj.app.public_id)
 
     @staticmethod
     def resolve_error(obj: Any) -> dict[str, str] | None:

@@ -7,13 +7,13 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 from typing import Any
+from typing import cast
 
 from ninja import Schema
 from pydantic import Field
 from pydantic import StrictStr
 from pydantic import model_validator
 
-from core.schemas import AppOwnedOut
 from core.schemas import StrictIn
 
 
@@ -22,7 +22,9 @@ class DeploymentError(Schema):
     message: str
 
 
-class DeploymentOut(AppOwnedOut):
+class DeploymentOut(Schema):
+    id: uuid.UUID
+    app_id: uuid.UUID
     number: int
     state: str
     source: dict[str, Any]
@@ -31,6 +33,14 @@ class DeploymentOut(AppOwnedOut):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @staticmethod
+    def resolve_id(obj: Any) -> uuid.UUID:
+        return cast(uuid.UUID, obj.public_id)
+
+    @staticmethod
+    def resolve_app_id(obj: Any) -> uuid.UUID:
+        return cast(uuid.UUID, obj.app.public_id)
 
     @staticmethod
     def resolve_image(obj: Any) -> str | None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 from typing import Literal
+from typing import cast
 
 from ninja import Schema
 from pydantic import Field
 from pydantic import StrictStr
 
-from core.schemas import AppOwnedOut
 from core.schemas import StrictIn
 
 
@@ -38,7 +39,9 @@ class CertificateOut(Schema):
     issuer: str | None
 
 
-class DomainOut(AppOwnedOut):
+class DomainOut(Schema):
+    id: uuid.UUID
+    app_id: uuid.UUID
     hostname: str
     status: Literal["pending", "verified", "failed"] = Field(
         description="pending: waiting for the TXT record (checked again with backoff); verified: routed and "
@@ -50,6 +53,14 @@ class DomainOut(AppOwnedOut):
     last_check: CheckOut
     verified_at: datetime | None
     created_at: datetime
+
+    @staticmethod
+    def resolve_id(obj: Any) -> uuid.UUID:
+        return cast(uuid.UUID, obj.public_id)
+
+    @staticmethod
+    def resolve_app_id(obj: Any) -> uuid.UUID:
+        return cast(uuid.UUID, obj.app.public_id)
 
     @staticmethod
     def resolve_verification(obj: Any) -> dict[str, str]:
