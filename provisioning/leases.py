@@ -7,6 +7,9 @@ lease is fresh (tests/unit/test_pg_concurrency.py races them)."""
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 from django.db import IntegrityError
@@ -35,3 +38,22 @@ def lease_acquire(name: str, owner: str, seconds: float) -> bool:
 
 def lease_release(name: str, owner: str) -> None:
     Lease.objects.filter(name=name, owner=owner).update(owner="", expires_at=timezone.now())
+
+
+@contextlib.contextmanager
+def held(name: str, seconds: float) -> Iterator[bool]:
+    """Hold the lease for the block if it is free: yields False (and holds nothing) while another holder has it."""
+    owner = str(uuid.uuid4())
+    if not lease_acquire(name, owner, seconds):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lease_release(name, owner)
+
+
+def route_lease(app_id: uuid.UUID | str) -> str:
+    """The lease held by whoever rewrites an app's route from the DB outside a deploy (a refresh after a domain
+    or force_https change, or a reconciler repair), so an older read is never written after a newer one."""
+    return f"route-refresh-{app_id}"

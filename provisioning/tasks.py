@@ -892,7 +892,7 @@ def app_route_refresh(self: PlatformTask, app_id: str) -> bool:
     bind(tenant_id=app.tenant.public_id, app_id=app.public_id)
     # One refresh of an app at a time: two running side by side could each read the hostnames before the
     # other's change and the older read could be written last. The next one waits its turn instead.
-    lease, owner = f"route-refresh-{app_id}", str(self.request.id or uuid.uuid4())
+    lease, owner = named_lease.route_lease(app_id), str(self.request.id or uuid.uuid4())
     if not named_lease.lease_acquire(lease, owner, float(settings.CADDY_TIMEOUT_SECONDS) * 6):
         raise self.retry(countdown=0.5 + random.random(), max_retries=ROUTE_REFRESH_WAITS)  # noqa: S311
     try:

@@ -33,10 +33,12 @@ from drivers import firewall
 from drivers import podman
 from drivers.upstream_hosts import UpstreamHosts
 from platform_apps.deployments.services import release_current
+from platform_apps.domains.selectors import route_hostnames
 from platform_apps.domains.selectors import verified_hostnames
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import Replica
+from provisioning import leases
 from provisioning import pipeline
 from provisioning import runtime
 from provisioning.firewall import firewall_ensure_for_network
@@ -437,6 +439,23 @@ def _still_live(app_id: uuid.UUID, deployment_id: uuid.UUID) -> bool:
     return not Deployment.objects.filter(app__public_id=app_id, state=Deployment.State.STARTING).exists()
 
 
+def _route_inputs_hold(app: LiveApp) -> bool:
+    """The app's hostnames, force_https and tenant status are still what the pass read."""
+    row = (
+        App.objects.filter(public_id=app.app_id)
+        .select_related("tenant")
+        .only("hostname", "force_https", "tenant__status")
+        .first()
+    )
+    if row is None:
+        return False
+    return (
+        tuple(route_hostnames(row)) == app.hostnames
+        and bool(row.force_https) == app.force_https
+        and (row.tenant.status == Tenant.Status.SUSPENDED) == app.suspended
+    )
+
+
 def _route_unowned(route_id: str) -> bool:
     try:
         app_id = uuid.UUID(route_id.removeprefix(planner.ROUTE_ID_PREFIX))
@@ -476,9 +495,13 @@ def execute_route_actions(
                 report.count("edge_loaded")
             elif isinstance(action, RouteSet):
                 app = by_app[action.app_id]
-                if not _still_live(app.app_id, app.deployment_id):
-                    continue
-                caddy.route_set(action.route)
+                # Under the app's route lease, and only if the pass's read still holds: a domain removed (or
+                # force_https changed) since then is being written by a refresh, which must not be undone.
+                lease_seconds = float(settings.CADDY_TIMEOUT_SECONDS) * 6
+                with leases.held(leases.route_lease(app.app_id), lease_seconds) as turn:
+                    if not turn or not _still_live(app.app_id, app.deployment_id) or not _route_inputs_hold(app):
+                        continue
+                    caddy.route_set(action.route)
                 logger.info("route repaired", extra=_context(app))
                 report.count("route_set")
             elif isinstance(action, RouteRemove) and _route_unowned(action.route_id):

@@ -606,6 +606,41 @@ def test_a_removed_domain_leaves_the_route_and_a_repair_does_not_bring_it_back(l
     assert _hosts(routes, live) == [live.hostname]
 
 
+def test_a_repair_planned_before_a_domain_was_removed_does_not_route_it_again(
+    live: App, routes: Any, monkeypatch: pytest.MonkeyPatch
+):
+    from provisioning import tasks
+    from provisioning.reconciler import runner
+
+    domain = _verified(live, "www.example.com")
+    tasks.app_route_refresh(str(live.public_id))
+    real_observe = runner.observe
+
+    def removed_meanwhile(caddy: Any) -> Any:
+        # The pass has read the DB (with the domain); the tenant removes it and its refresh runs before the
+        # pass reads the edge, so the pass sees a route that lacks a domain it still believes in.
+        services.domain_delete(domain=domain)
+        tasks.app_route_refresh(str(live.public_id))
+        return real_observe(caddy)
+
+    monkeypatch.setattr(runner, "observe", removed_meanwhile)
+    runner.reconcile_pass()
+    assert _hosts(routes, live) == [live.hostname]
+
+
+def test_a_repair_waits_for_a_refresh_that_holds_the_apps_route(live: App, routes: Any):
+    from provisioning import leases
+    from provisioning.reconciler.runner import reconcile_pass
+
+    _verified(live, "www.example.com")  # verified, but its refresh has not run: the route lacks it
+    assert leases.lease_acquire(leases.route_lease(live.public_id), "a-refresh", 30)
+    reconcile_pass()
+    assert _hosts(routes, live) == [live.hostname]
+    leases.lease_release(leases.route_lease(live.public_id), "a-refresh")
+    reconcile_pass()
+    assert _hosts(routes, live) == [live.hostname, "www.example.com"]
+
+
 def test_force_https_is_in_the_route_and_the_reconciler_agrees(live: App, routes: Any, settings: Any):
     from provisioning import tasks
     from provisioning.reconciler.runner import reconcile_pass
@@ -751,12 +786,12 @@ def test_refreshes_of_one_app_take_turns(live: App, routes: Any):
     from provisioning import leases
     from provisioning import tasks
 
-    assert leases.lease_acquire(f"route-refresh-{live.public_id}", "another-task", 30)
+    assert leases.lease_acquire(leases.route_lease(live.public_id), "another-task", 30)
     writes = routes.writes
     with pytest.raises(Retry):
         tasks.app_route_refresh(str(live.public_id))
     assert routes.writes == writes
-    leases.lease_release(f"route-refresh-{live.public_id}", "another-task")
+    leases.lease_release(leases.route_lease(live.public_id), "another-task")
     # Its turn: it writes what the DB says now (a route whose shape did not change is not written again).
     App.objects.filter(pk=live.pk).update(force_https=True)
     assert tasks.app_route_refresh(str(live.public_id)) is True
