@@ -16,10 +16,12 @@ import django_stubs_ext
 from config.settings_utils import data_dir
 from config.settings_utils import env_bool
 from config.settings_utils import env_float
+from config.settings_utils import env_host_name
 from config.settings_utils import env_int
 from config.settings_utils import env_list
 from config.settings_utils import env_str
 from config.settings_utils import host_cpu_count
+from config.settings_utils import host_memory_mb
 from config.settings_utils import require_secret_key
 from drivers import firewall
 
@@ -238,6 +240,16 @@ RETIRE_DRAIN_SECONDS = env_int("COLTSFOOT_RETIRE_DRAIN_SECONDS", 2)
 # Labels every container, network and image this platform instance creates, so that several
 # instances (a developer's `make up`, parallel test sessions) never touch each other's.
 INSTANCE_ID = env_str("COLTSFOOT_INSTANCE_ID", "default")
+# The host this process runs on (README "Several hosts"): its worker registers it under this name, consumes the
+# queue `host.<name>` besides the shared one, and labels every container it creates `coltsfoot.host=<name>`.
+HOST_NAME = env_host_name("COLTSFOOT_HOST_NAME", "host-1")
+HOST_ADDRESS = env_str("COLTSFOOT_HOST_ADDRESS", "127.0.0.1")
+HOST_MEMORY_MB = env_int("COLTSFOOT_HOST_MEMORY_MB", host_memory_mb())
+HOST_CPUS = env_float("COLTSFOOT_HOST_CPUS", float(host_cpu_count()))
+HOST_CAN_BUILD = env_bool("COLTSFOOT_HOST_CAN_BUILD", default=True)
+# A worker heartbeats its host this often; a host without one for HOST_DEAD_SECONDS is marked down.
+HOST_HEARTBEAT_SECONDS = env_float("COLTSFOOT_HOST_HEARTBEAT_SECONDS", 5.0)
+HOST_DEAD_SECONDS = env_int("COLTSFOOT_HOST_DEAD_SECONDS", 30)
 IMAGE_PULL_TLS_VERIFY = env_bool("COLTSFOOT_IMAGE_PULL_TLS_VERIFY", default=True)
 # A running task refreshes its deployment's lease this often; a lease older than LEASE_SECONDS
 # means its worker died, and the reconciler queues the deployment again.

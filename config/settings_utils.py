@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -70,6 +71,27 @@ def host_cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # no sched_getaffinity outside Linux
         return max(1, os.cpu_count() or 1)
+
+
+def host_memory_mb() -> int:
+    """The machine's memory in MiB (MemTotal), at least 1; 1024 when /proc/meminfo cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return max(1, int(line.split()[1]) // 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1024
+
+
+def env_host_name(name: str, default: str) -> str:
+    """A host's name: a DNS label (it names a Celery queue and a podman label value)."""
+    value = env_str(name, default).strip()
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", value):
+        sys.stderr.write(f"coltsfoot: {name} must be a DNS label (a-z, 0-9, '-'), got {value!r}.\n")
+        raise SystemExit(1)
+    return value
 
 
 def env_list(name: str, default: list[str]) -> list[str]:

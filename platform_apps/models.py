@@ -160,6 +160,10 @@ class Deployment(auto_prefetch.Model):
     # When it became the app's live deployment (its replicas served and the route switched to
     # them). Only such deployments can be rolled back to, and image retention keeps the last few.
     went_live_at = models.DateTimeField(null=True, blank=True)
+    # The host the deployment is placed on: its build, release and replicas run there (NULL until placed).
+    host = auto_prefetch.ForeignKey(
+        "platform_apps.Host", on_delete=models.PROTECT, null=True, blank=True, related_name="deployments"
+    )
 
     objects: ClassVar[auto_prefetch.Manager[Deployment]] = auto_prefetch.Manager()
 
@@ -187,6 +191,45 @@ class Deployment(auto_prefetch.Model):
         return {"code": self.error_code, "message": self.error_message}
 
 
+class Host(auto_prefetch.Model):
+    """A machine that runs tenant containers. Its worker registers it at start and heartbeats it; the
+    reconciler marks it down when the heartbeats stop for HOST_DEAD_SECONDS. Container work for it goes
+    to its own queue, `host.<name>`; an operator drains a host to move its work elsewhere."""
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        DRAINING = "draining", "Draining"
+        DOWN = "down", "Down"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=DNS_LABEL_MAX, unique=True, validators=[dns_label_validator])
+    address = models.CharField(max_length=255, help_text="Where the platform reaches the host.")
+    memory_mb = models.PositiveIntegerField(help_text="Memory tenant containers may be placed in.")
+    cpus = models.DecimalField(max_digits=6, decimal_places=2)
+    can_build = models.BooleanField(default=True, help_text="Builds may be placed on it.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    registered_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects: ClassVar[auto_prefetch.Manager[Host]] = auto_prefetch.Manager()
+
+    class Meta(auto_prefetch.Model.Meta):
+        ordering = ["name"]
+        indexes = [models.Index(fields=["state", "last_heartbeat"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.state})"
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue only this host's worker consumes."""
+        return host_queue(self.name)
+
+
+def host_queue(name: str) -> str:
+    return f"host.{name}"
+
+
 class Replica(auto_prefetch.Model):
     """A replica the platform runs for a deployment: one container at a time under a fixed name.
 
@@ -203,6 +246,8 @@ class Replica(auto_prefetch.Model):
     deployment = auto_prefetch.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replicas")
     index = models.PositiveSmallIntegerField()
     name = models.CharField(max_length=128, unique=True)
+    # Where it is placed (NULL only for rows from before hosts): that host's worker runs its container.
+    host = auto_prefetch.ForeignKey(Host, on_delete=models.PROTECT, null=True, blank=True, related_name="replicas")
     address = models.CharField(max_length=64, blank=True, default="")
     state = models.CharField(max_length=16, choices=State.choices, default=State.STARTING)
     restarts = models.PositiveIntegerField(default=0, help_text="Replacements since the deployment started it.")
