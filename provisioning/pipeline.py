@@ -100,6 +100,8 @@ def labels_for(deployment: Deployment, role: str) -> dict[str, str]:
         "coltsfoot.app": str(app.public_id),
         "coltsfoot.deployment": str(deployment.public_id),
         "coltsfoot.role": role,
+        # The host whose worker runs it: each host manages only the containers that carry its name.
+        "coltsfoot.host": deployment.host.name if deployment.host_id is not None else str(settings.HOST_NAME),
     }
 
 
@@ -712,7 +714,12 @@ def launch_replicas(deployment: Deployment, runtime: Runtime) -> list[str]:
         Replica.objects.update_or_create(
             deployment=deployment,
             index=index,
-            defaults={"name": name, "state": Replica.State.STARTING, "started_at": timezone.now()},
+            defaults={
+                "name": name,
+                "state": Replica.State.STARTING,
+                "started_at": timezone.now(),
+                "host_id": deployment.host_id,
+            },
         )
     return names
 

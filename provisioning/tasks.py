@@ -50,6 +50,7 @@ from platform_apps.models import RedisAddon
 from provisioning import addons
 from provisioning import backups
 from provisioning import domains
+from provisioning import hosts
 from provisioning import leases as named_lease
 from provisioning import pipeline
 from provisioning import platform_backup
@@ -342,9 +343,28 @@ def deployment_run(self: PlatformTask, deployment_id: str) -> None:
     if not lease_claim(deployment.pk, owner):
         logger.info("deployment is being worked on elsewhere", extra=pipeline.log_context(deployment))
         return
-    Deployment.objects.filter(pk=deployment.pk).update(attempts=deployment.attempts + 1)
     hold: float | None = None
+    forwarded = False
     try:
+        target = hosts.deployment_host(deployment)
+        if target.name != hosts.this_host_name():
+            # Placed on another host: its worker does the work. The lease is left as the reconciler leaves a
+            # requeued one (fresh, claimable by any task), so the sweep does not queue it again meanwhile.
+            Deployment.objects.filter(pk=deployment.pk, lease_owner=owner).update(
+                lease_owner=REQUEUED, heartbeat_at=timezone.now()
+            )
+            forwarded = True
+            context = {**pipeline.log_context(deployment), "host": target.name}
+            try:
+                deployment_run.apply_async((deployment_id,), queue=target.queue)
+            except BROKER_ERRORS:
+                logger.warning(
+                    "deployment not sent to its host (broker down); the reconciler queues it again", extra=context
+                )
+                return
+            logger.info("deployment sent to its host", extra=context)
+            return
+        Deployment.objects.filter(pk=deployment.pk).update(attempts=deployment.attempts + 1)
         with heartbeat(deployment.pk, owner):
             drive(did)
     except Exception as exc:
@@ -362,7 +382,8 @@ def deployment_run(self: PlatformTask, deployment_id: str) -> None:
             )
     finally:
         # While a retry is pending the lease is kept, so the reconciler does not queue it twice.
-        lease_release(deployment.pk, owner, hold_until=hold + settings.LEASE_SECONDS if hold else None)
+        if not forwarded:
+            lease_release(deployment.pk, owner, hold_until=hold + settings.LEASE_SECONDS if hold else None)
 
 
 @shared_task(bind=True, base=PlatformTask, name="coltsfoot.app_teardown", max_retries=MAX_RETRIES * 4)
@@ -527,6 +548,7 @@ def reconcile(self: PlatformTask) -> dict[str, object]:
         return {"skipped": True}
     try:
         counts: dict[str, object] = dict(requeue_work())
+        counts["hosts"] = hosts.fail_over()
         report = reconcile_pass()
         counts["collected"] = collect_if_due(owner)
     finally:
