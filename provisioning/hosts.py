@@ -101,6 +101,12 @@ def mark_dead(now: datetime | None = None) -> list[str]:
     return down
 
 
+def live_host_names(*, exclude: str = "") -> list[str]:
+    """The hosts whose workers should be running (active or draining), by name."""
+    rows = Host.objects.filter(state__in=[Host.State.ACTIVE, Host.State.DRAINING]).exclude(name=exclude)
+    return list(rows.values_list("name", flat=True))
+
+
 def placed_memory_mb() -> dict[int, int]:
     """Memory placed on each host (by pk): the memory of every replica row placed there (one query)."""
     rows = (
@@ -162,6 +168,7 @@ def fail_over(now: datetime | None = None) -> dict[str, int]:
 
     A deployment that cannot be placed anywhere stays where it is and is tried again next pass."""
     counts = {"hosts_down": len(mark_dead(now)), "replaced": 0, "drained": 0}
+    _adopt_unplaced()
     stranded = Deployment.objects.filter(host__state=Host.State.DOWN, app__live_deployment=F("pk")).select_related(
         "app", "app__tenant", "host"
     )
@@ -194,6 +201,30 @@ def fail_over(now: datetime | None = None) -> dict[str, int]:
                 "moving an app off a draining host", extra={**_ids(deployment), "release_id": str(release.public_id)}
             )
     return counts
+
+
+def _adopt_unplaced() -> None:
+    """Live deployments from before hosts existed name none: on a platform with one host they run there."""
+    unplaced = Deployment.objects.filter(host__isnull=True, app__live_deployment=F("pk"))
+    if not unplaced.exists():
+        return
+    only = list(Host.objects.all()[:2])
+    if len(only) != 1:
+        logger.error("live deployments placed on no host, and several hosts: place them by hand")
+        return
+    count = unplaced.update(host=only[0])
+    Replica.objects.filter(host__isnull=True, deployment__host=only[0]).update(host=only[0])
+    logger.warning("live deployments placed on the only host", extra={**_context(only[0]), "deployments": count})
+
+
+def run_here(deployment: Deployment) -> None:
+    """The deployment runs on this host from now on if it was not placed (a run that did not come through
+    `deployment_run`'s placement): its containers and rows must name a host."""
+    if deployment.host_id is not None:
+        return
+    here = Host.objects.filter(name=this_host_name()).first() or register()
+    Deployment.objects.filter(pk=deployment.pk, host__isnull=True).update(host=here)
+    deployment.refresh_from_db(fields=["host"])
 
 
 def _ids(deployment: Deployment) -> dict[str, str]:

@@ -92,6 +92,10 @@ def app_image_ref(deployment_id: uuid.UUID) -> str:
     return f"{APP_IMAGE_REPO}:{deployment_id}"
 
 
+# Names the host whose worker manages a container (README "Several hosts").
+HOST_LABEL = "coltsfoot.host"
+
+
 def labels_for(deployment: Deployment, role: str) -> dict[str, str]:
     app = deployment.app
     return {
@@ -101,7 +105,7 @@ def labels_for(deployment: Deployment, role: str) -> dict[str, str]:
         "coltsfoot.deployment": str(deployment.public_id),
         "coltsfoot.role": role,
         # The host whose worker runs it: each host manages only the containers that carry its name.
-        "coltsfoot.host": deployment.host.name if deployment.host_id is not None else str(settings.HOST_NAME),
+        HOST_LABEL: deployment.host.name if deployment.host_id is not None else str(settings.HOST_NAME),
     }
 
 

@@ -47,6 +47,7 @@ from platform_apps.models import AddonBackup
 from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import RedisAddon
+from platform_apps.models import host_queue
 from provisioning import addons
 from provisioning import backups
 from provisioning import domains
@@ -279,6 +280,7 @@ def drive(deployment_id: uuid.UUID) -> None:
     if pipeline.newer_deployment_exists(deployment):
         deployment_supersede(deployment)
         return
+    hosts.run_here(deployment)
 
     if deployment.state == State.QUEUED and not build_slot_claim(deployment):
         # The tenant's other builds hold every slot: stay queued. The lease is released when this
@@ -538,26 +540,51 @@ def _backups_requeue_stalled(stale: datetime, now: datetime) -> int:
 
 
 @shared_task(bind=True, base=PlatformTask, name="coltsfoot.reconcile")
-def reconcile(self: PlatformTask) -> dict[str, object]:
-    """Every COLTSFOOT_RECONCILE_SECONDS (beat), at worker start, and at a crashed replica's
-    restart time: queue lost work again, then compare what runs with what should run and repair
-    the difference. Passes never overlap: they hold a lease that expires if the worker dies."""
+def reconcile(self: PlatformTask, host: str = "") -> dict[str, object]:
+    """Every COLTSFOOT_RECONCILE_SECONDS (beat), at worker start, and at a crashed replica's restart time:
+    queue lost work again, then compare what runs with what should run and repair the difference.
+
+    Beat sends it without a host to the shared queue. The worker that receives it runs the control part under
+    the one control lease (lost work, the hosts' heartbeats and failover, the Redis add-ons, the collector),
+    then its own host's pass, and sends the pass to every other live host's queue (`host` set): each host
+    repairs only the replicas placed on it, from the containers labelled with its name. Passes of one host
+    never overlap, nor do control parts: each holds a lease that expires if its worker dies."""
+    me = hosts.this_host_name()
+    if host and host != me:
+        with contextlib.suppress(*BROKER_ERRORS):
+            reconcile.apply_async(kwargs={"host": host}, queue=host_queue(host))
+        return {"forwarded": host}
     owner = str(self.request.id or uuid.uuid4())
-    if not named_lease.lease_acquire(RECONCILE_LEASE, owner, settings.RECONCILE_LEASE_SECONDS):
-        logger.debug("a reconcile pass is already running")
-        return {"skipped": True}
+    control = not host and named_lease.lease_acquire(RECONCILE_LEASE, owner, settings.RECONCILE_LEASE_SECONDS)
+    counts: dict[str, object] = {}
+    report = None
     try:
-        counts: dict[str, object] = dict(requeue_work())
-        counts["hosts"] = hosts.fail_over()
-        report = reconcile_pass()
-        counts["collected"] = collect_if_due(owner)
+        if control:
+            counts.update(requeue_work())
+            counts["hosts"] = hosts.fail_over()
+        host_lease = f"{RECONCILE_LEASE}-{me}"
+        if named_lease.lease_acquire(host_lease, owner, settings.RECONCILE_LEASE_SECONDS):
+            try:
+                report = reconcile_pass(host=me, redis=bool(control))
+            finally:
+                named_lease.lease_release(host_lease, owner)
+        if control:
+            counts["collected"] = collect_if_due(owner)
     finally:
-        named_lease.lease_release(RECONCILE_LEASE, owner)
+        if control:
+            named_lease.lease_release(RECONCILE_LEASE, owner)
+    if control:
+        for name in hosts.live_host_names(exclude=me):
+            with contextlib.suppress(*BROKER_ERRORS):
+                reconcile.apply_async(kwargs={"host": name}, queue=host_queue(name))
+    if report is None:
+        logger.debug("a reconcile pass of this host is already running")
+        return {**counts, "skipped": True}
     counts["pass"] = report.as_dict()
     if report.wake_in is not None and report.wake_in < settings.CELERY_BEAT_RECONCILE_SECONDS:
-        # A crashed replica's backoff ends before the next periodic pass: come back for it then.
+        # A crashed replica's backoff ends before the next periodic pass: come back for it then, on this host.
         with contextlib.suppress(*BROKER_ERRORS):
-            reconcile.apply_async(countdown=max(0.5, report.wake_in))
+            reconcile.apply_async(kwargs={"host": me}, queue=host_queue(me), countdown=max(0.5, report.wake_in))
     # A network removed since, the index's addresses moving, a table someone deleted (every
     # FIREWALL_SYNC_SECONDS; a network the pass recreated was filtered by the pass itself, before its
     # replicas started). Last, so it never delays a restart the pass scheduled.

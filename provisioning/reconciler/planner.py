@@ -127,6 +127,9 @@ def _orphan_reason(desired: Desired, observed: Observed, name: str, now: datetim
         return "unknown deployment"
     if known.state in IN_FLIGHT:
         return ""  # the pipeline is working with it
+    if known.state == "live" and desired.host and known.host and known.host != desired.host:
+        # This host ran it until the deployment was placed again (this host was down); it runs elsewhere now.
+        return f"deployment placed on {known.host}"
     if known.state == "live":
         # Only a web container of a live deployment whose replicas this pass knows can be extra: a
         # deployment that went live after the pass read its desired state has replicas it never saw.

@@ -10,6 +10,7 @@ about, since the pipeline may have moved on while the pass was planning.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -23,6 +24,7 @@ from functools import partial
 
 from django.conf import settings
 from django.db.models import F
+from django.db.models import Q
 from django.utils import timezone
 
 from caddy.client import CaddyClient
@@ -67,6 +69,7 @@ from tenants.models import Tenant
 logger = logging.getLogger(__name__)
 
 INSTANCE_LABEL = "coltsfoot.instance"
+HOST_LABEL = pipeline.HOST_LABEL
 LAST_OUTPUT_LINES = 30
 _REPAIR_ERRORS = (podman.PodmanError, CaddyError, DeployError, firewall.FirewallError, ValueError, OSError)
 
@@ -108,13 +111,15 @@ def _row(replica: Replica) -> ReplicaRow:
     )
 
 
-def load_desired() -> Desired:
-    """Every live app with its live deployment's replicas, in a fixed number of queries."""
+def load_desired(host: str = "") -> Desired:
+    """Every live app with its live deployment's replicas (only the apps whose live deployment is placed on
+    `host`, if given), in a fixed number of queries."""
+    live_apps = App.objects.filter(state=App.State.ACTIVE, live_deployment__isnull=False)
+    if host:
+        live_apps = live_apps.filter(live_deployment__host__name=host)
     # Only the columns the pass uses: a deployment's log alone can be LOG_MAX_CHARS.
     apps = list(
-        App.objects.filter(state=App.State.ACTIVE, live_deployment__isnull=False)
-        .select_related("tenant", "live_deployment")
-        .only(
+        live_apps.select_related("tenant", "live_deployment").only(
             "public_id", "hostname", "force_https", "tenant__public_id", "tenant__status", "live_deployment__public_id"
         )
     )
@@ -149,7 +154,8 @@ def load_desired() -> Desired:
                 upstream_refresh=refresh,
             )
         )
-    return Desired(apps=tuple(live), apps_routing_soon=frozenset(app_id for _pk, app_id, _state in in_flight))
+    routing_soon = frozenset(app_id for _pk, app_id, _state in in_flight)
+    return Desired(apps=tuple(live), apps_routing_soon=routing_soon, host=host)
 
 
 def with_known_deployments(desired: Desired, observed: Observed) -> Desired:
@@ -161,12 +167,20 @@ def with_known_deployments(desired: Desired, observed: Observed) -> Desired:
         except ValueError:
             continue
     known = {
-        public_id: KnownDeployment(state=state, finished_at=finished_at)
-        for public_id, state, finished_at in Deployment.objects.filter(public_id__in=ids).values_list(
-            "public_id", "state", "finished_at"
+        public_id: KnownDeployment(state=state, finished_at=finished_at, host=host or "")
+        for public_id, state, finished_at, host in Deployment.objects.filter(public_id__in=ids).values_list(
+            "public_id", "state", "finished_at", "host__name"
         )
     }
-    return Desired(apps=desired.apps, deployments=known, apps_routing_soon=desired.apps_routing_soon)
+    return dataclasses.replace(desired, deployments=known)
+
+
+def on_host(observed: Observed, host: str) -> Observed:
+    """The observation narrowed to the containers labelled with `host`: each host manages its own only."""
+    if not host:
+        return observed
+    mine = {name: c for name, c in observed.containers.items() if c.labels.get(HOST_LABEL) == host}
+    return dataclasses.replace(observed, containers=mine)
 
 
 # --- Observed state (podman, Caddy) ---------------------------------------------------------
@@ -358,7 +372,7 @@ def _health_gate(
 
 
 def execute_replica_actions(
-    actions: Iterable[ReplicaAction], observed: Observed, now: datetime, report: PassReport
+    actions: Iterable[ReplicaAction], observed: Observed, now: datetime, report: PassReport, *, host: str = ""
 ) -> dict[str, str]:
     """Carry out the replica phase; returns the replicas that serve now (name -> address)."""
     deployments = _Deployments()
@@ -382,7 +396,7 @@ def execute_replica_actions(
                 logger.info("tenant network recreated", extra={"tenant_id": str(action.tenant_id)})
                 report.count("network_created")
             elif isinstance(action, OrphanRemove):
-                if not _still_orphan(action.name, observed):
+                if not _still_orphan(action.name, observed, host):
                     continue
                 podman.container_remove(action.name)
                 logger.info("orphan container removed", extra={"container": action.name, "reason": action.reason})
@@ -414,10 +428,14 @@ def execute_replica_actions(
     return serving
 
 
-def _still_orphan(name: str, observed: Observed) -> bool:
-    """Right before removing a container: no replica row names it and its deployment is not in
-    flight (the pipeline may have started or gone live since the pass read the DB)."""
-    if Replica.objects.filter(name=name).exists():
+def _still_orphan(name: str, observed: Observed, host: str = "") -> bool:
+    """Right before removing a container: no replica row names it (placed on this host, when the pass is
+    one host's) and its deployment is not in flight (the pipeline may have started or gone live since the
+    pass read the DB)."""
+    rows = Replica.objects.filter(name=name)
+    if host:
+        rows = rows.filter(Q(host__name=host) | Q(host__isnull=True))
+    if rows.exists():
         return False
     label = observed.containers[name].labels.get("coltsfoot.deployment", "")
     try:
@@ -550,7 +568,7 @@ def with_addresses(desired: Desired, serving: dict[str, str]) -> Desired:
                 upstream_refresh=app.upstream_refresh,
             )
         )
-    return Desired(apps=tuple(apps), deployments=desired.deployments, apps_routing_soon=desired.apps_routing_soon)
+    return dataclasses.replace(desired, apps=tuple(apps))
 
 
 def _reconcile_redis(observed: Observed, now: datetime, report: PassReport) -> None:
@@ -567,14 +585,17 @@ def _reconcile_redis(observed: Observed, now: datetime, report: PassReport) -> N
             release_current(app)  # its REDIS_URL changed: the app gets the new one
 
 
-def reconcile_pass(now: datetime | None = None) -> PassReport:
-    """Compare and repair once. Raises only when podman itself cannot be observed."""
+def reconcile_pass(now: datetime | None = None, *, host: str = "", redis: bool = True) -> PassReport:
+    """Compare and repair once: the replicas, hosts files and routes of the apps live on `host` (every app when
+    "": one host), from the containers labelled with it; the Redis add-ons too when `redis`. Raises only when
+    podman itself cannot be observed."""
     now = now or timezone.now()
     report = PassReport()
-    desired = load_desired()
+    desired = load_desired(host)
     report.apps = len(desired.apps)
     with CaddyClient.from_settings() as caddy:
-        observed, caddy_ok = observe(caddy)
+        everything, caddy_ok = observe(caddy)
+        observed = on_host(everything, host)
         desired = with_known_deployments(desired, observed)
         replica_actions = planner.plan_replicas(
             desired,
@@ -583,8 +604,9 @@ def reconcile_pass(now: datetime | None = None) -> PassReport:
             steady_after=timedelta(seconds=settings.RESTART_RESET_SECONDS),
             orphan_grace=timedelta(seconds=settings.ORPHAN_GRACE_SECONDS),
         )
-        serving = execute_replica_actions(replica_actions, observed, now, report)
-        _reconcile_redis(observed, now, report)
+        serving = execute_replica_actions(replica_actions, observed, now, report, host=host)
+        if redis:
+            _reconcile_redis(everything, now, report)
         if caddy_ok:
             desired = with_addresses(desired, serving)
             route_actions = planner.plan_routes(

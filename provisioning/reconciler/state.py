@@ -59,6 +59,8 @@ class LiveApp:
 class KnownDeployment:
     state: str
     finished_at: datetime | None
+    # The host it is placed on ("" when not placed).
+    host: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class Desired:
     deployments: dict[uuid.UUID, KnownDeployment] = field(default_factory=dict)
     # App ids that may have a route although they are not live (a first deploy is starting).
     apps_routing_soon: frozenset[uuid.UUID] = frozenset()
+    # The host whose containers this pass manages ("": every container of the installation, one host).
+    host: str = ""
 
 
 @dataclass(frozen=True)

@@ -233,3 +233,39 @@ def test_the_heartbeat_thread_registers_then_beats_until_stopped(settings: Any):
     ):
         beat.run()
     assert calls == ["register", "heartbeat", "heartbeat"]
+
+
+def test_live_deployments_from_before_hosts_run_on_the_only_host(
+    pipeline_settings: None, fake_podman: FakePodman, routes: Any, http: Any
+):
+    from provisioning import tasks
+
+    app = make_app(replicas=1)
+    deployment = archive_deployment(app)
+    tasks.drive(deployment.public_id)
+    Deployment.objects.filter(pk=deployment.pk).update(host=None)  # as the migration leaves older rows
+    Replica.objects.filter(deployment=deployment).update(host=None)
+    hosts.fail_over()
+    here = Host.objects.get(name="host-1")
+    assert Deployment.objects.get(pk=deployment.pk).host == here
+    assert set(Replica.objects.filter(deployment=deployment).values_list("host", flat=True)) == {here.pk}
+
+
+def test_a_container_a_host_kept_after_its_deployment_moved_away_is_removed_there(
+    pipeline_settings: None, fake_podman: FakePodman, routes: Any, http: Any, settings: Any
+):
+    from provisioning import tasks
+    from provisioning.reconciler.runner import reconcile_pass
+
+    settings.ORPHAN_GRACE_SECONDS = 0
+    app = make_app(replicas=1)
+    deployment = archive_deployment(app)
+    tasks.drive(deployment.public_id)
+    (replica,) = Replica.objects.filter(deployment=deployment)
+    # host-1 was down and its replicas were placed on host-2; host-1 is back with its old container.
+    elsewhere = other_host()
+    Deployment.objects.filter(pk=deployment.pk).update(host=elsewhere)
+    Replica.objects.filter(pk=replica.pk).update(host=elsewhere)
+    report = reconcile_pass(host="host-1")
+    assert report.actions.get("orphan_removed") == 1
+    assert replica.name not in fake_podman.containers

@@ -761,9 +761,36 @@ def test_passes_never_overlap_and_a_dead_holders_lease_expires(db: None):
 def test_the_reconcile_task_skips_while_another_pass_holds_the_lease(app: App, fake_podman: FakePodman):
     go_live(app)
     assert lease.lease_acquire(tasks.RECONCILE_LEASE, "someone-else", 60)
+    assert lease.lease_acquire(f"{tasks.RECONCILE_LEASE}-host-1", "someone-else", 60)
     reset_calls()
     assert tasks.reconcile() == {"skipped": True}
     assert podman_calls() == {}
+
+
+def test_while_another_worker_holds_the_control_part_a_host_still_repairs_its_own(app: App, fake_podman: FakePodman):
+    live = go_live(app)
+    fake_podman.kill(replicas_of(live)[0].name)
+    assert lease.lease_acquire(tasks.RECONCILE_LEASE, "a-worker-on-another-host", 60)
+    with mock.patch.object(tasks, "requeue_work", autospec=True) as requeue:
+        counts = tasks.reconcile()
+    requeue.assert_not_called()  # the control part is the other worker's
+    assert "requeued" not in counts
+    assert replicas_of(live)[0].state == Replica.State.CRASHED  # but this host's own pass ran
+
+
+def test_a_host_pass_sees_only_the_containers_labelled_with_its_host(app: App, fake_podman: FakePodman):
+    from provisioning.reconciler.runner import reconcile_pass
+
+    live = go_live(app)
+    replica = replicas_of(live)[0]
+    fake_podman.kill(replica.name)
+    # Another host's pass does not see this host's containers nor repair this host's replicas.
+    report = reconcile_pass(host="host-2")
+    assert report.apps == 0
+    assert replicas_of(live)[0].state == Replica.State.RUNNING
+    assert fake_podman.containers[replica.name].labels["coltsfoot.host"] == "host-1"
+    reconcile_pass(host="host-1")
+    assert replicas_of(live)[0].state == Replica.State.CRASHED
 
 
 def test_a_deployment_whose_message_was_lost_is_queued_again_after_a_few_seconds(app: App, settings: Any):
