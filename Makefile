@@ -6,12 +6,14 @@ SHELL := /bin/bash
 WITH_ENV := source scripts/env.sh &&
 PYTEST_WORKERS ?= 2
 
-.PHONY: help bootstrap deps base-image lint typecheck unit test-unit-pg fuzz integration integration-pg test up down status logs bench bench-reconcile bench-routes bench-api
+.PHONY: help bootstrap deps base-image lint typecheck unit test-unit-pg fuzz integration integration-pg test up down status host-down logs bench bench-reconcile bench-routes bench-api
 
 help:
 	@echo "make up        start the platform (Redis, Caddy, PostgreSQL, PgBouncer, Celery, API) and deploy examples/hello"
 	@echo "make down      stop everything make up started"
 	@echo "make status    show what is running"
+	@echo "make up HOSTS=2            the same with two simulated hosts, each with its own worker (kept for later runs)"
+	@echo "make host-down HOST=host-2 kill that host's worker and stop its containers, as if it died"
 	@echo "make test      install what is missing, then lint, type check, unit (SQLite and PostgreSQL), fuzz and integration tests"
 	@echo "make test-unit-pg  the unit suite on a throwaway PostgreSQL (the concurrency tests run only there)"
 	@echo "make integration-pg  the deploy integration tests with the platform DB on PostgreSQL behind PgBouncer"
@@ -64,8 +66,13 @@ test: lint typecheck unit test-unit-pg fuzz integration integration-pg
 
 # The supervisor is devstack/ (python -m devstack); the same code runs the integration tests' and the
 # benchmark's stacks.
+# HOSTS=N (kept in the state dir): N simulated hosts, each with its own worker (README "Several hosts").
 up: base-image
-	@$(WITH_ENV) uv run --frozen python -m devstack up
+	@$(WITH_ENV) COLTSFOOT_HOSTS=$(HOSTS) uv run --frozen python -m devstack up
+
+# HOST=host-2: that host's worker killed and its containers stopped, as if the machine died.
+host-down:
+	@$(WITH_ENV) uv run --frozen python -m devstack host-down $(HOST)
 
 down:
 	@$(WITH_ENV) uv run --frozen python -m devstack down

@@ -91,6 +91,7 @@ SECRET_KEYS = (
 # Generated into secrets.env when missing (state dirs from before the PostgreSQL platform DB lack it).
 PLATFORM_DB_LOGIN_VARIABLE = "STACK_PLATFORM_DB_PASSWORD"
 PLATFORM_DBS = ("sqlite", "postgres")
+MAX_HOSTS = 9
 # Binaries `up` needs, with the Debian package that has them (scripts/bootstrap.sh installs them all).
 REQUIRED = (("redis-server", "redis-server"), ("caddy", "caddy"), ("pgbouncer", "pgbouncer"), ("podman", "podman"))
 
@@ -186,6 +187,7 @@ class LocalStack:
         self.env_file = state / "env"
         self.demo_file = state / "demo-tenant.json"
         self.platform_db_file = state / "platform-db"
+        self.hosts_file = state / "hosts"
         self.hardened_marker = state / "pg-hardened"
         self.service_user = ServiceUser.for_postgres()
         self.svc_dir = self._svc_dir()
@@ -273,6 +275,20 @@ class LocalStack:
             write_private(self.platform_db_file, chosen + "\n")
         return chosen
 
+    def hosts(self, *, create: bool) -> int:
+        """How many simulated hosts this stack runs (README "Several hosts"): COLTSFOOT_HOSTS (`make up HOSTS=N`)
+        when given to `up`, kept in the state dir so a later `up`, `down` or `status` knows every host's worker."""
+        wanted = self.caller_env.get("COLTSFOOT_HOSTS", "").strip()
+        if wanted and (not wanted.isdigit() or not 1 <= int(wanted) <= MAX_HOSTS):
+            raise ServiceError(f"HOSTS={wanted!r}: a number of hosts from 1 to {MAX_HOSTS}")
+        stored = ""
+        with contextlib.suppress(FileNotFoundError):
+            stored = self.hosts_file.read_text().strip()
+        if create and wanted and wanted != stored:
+            write_private(self.hosts_file, wanted + "\n")
+            return int(wanted)
+        return int(stored) if stored.isdigit() and int(stored) >= 1 else 1
+
     def instance_id(self, *, create: bool) -> str | None:
         """This installation's instance id: made once (from COLTSFOOT_INSTANCE_ID if the caller set one, else a
         new UUID) and kept in the state dir, so two state dirs on one machine never share one."""
@@ -350,6 +366,7 @@ class LocalStack:
             extra_env=extra,
             dns_port=config.upstream_dns_port,
             database=database,
+            hosts=self.hosts(create=create),
         )
         return Stack([redis, caddy, postgres, pgbouncer, platform])
 
@@ -519,6 +536,22 @@ class LocalStack:
         platform.firewall_remove()
         say(f"    {'firewall':<9} table inet {platform.firewall_table} removed (other tables untouched)")
 
+    def host_down(self, host: str) -> None:
+        """`make host-down HOST=host-2`: that host's worker SIGKILLed and its containers stopped, as if the machine
+        died; the others notice by its missing heartbeats. `make up` brings it back."""
+        self.dirs_ensure()
+        with self.lock():
+            instance = self.instance_id(create=False)
+            if instance is None:
+                raise ServiceError(f"no stack in {self.state} yet: `make up HOSTS=2` first")
+            platform = self.build(self.secrets_load(), instance).require_platform()
+            worker = platform.host_worker(host)
+            if not worker.adopt():
+                say(f"    {worker.name:<9} not running")
+            count = platform.host_down(host)
+            say(f"==> {host} down: {worker.name} killed, {count} container(s) labelled coltsfoot.host={host} stopped")
+            say("    the reconciler marks it down after COLTSFOOT_HOST_DEAD_SECONDS; `make up` brings it back")
+
     def status(self) -> None:
         instance = self.instance_id(create=False) if self.state.is_dir() else None
         stack = self.build(None, instance)
@@ -687,14 +720,17 @@ class Demo:
             time.sleep(2.0)
 
 
-def main_command(command: str) -> int:
-    """Run `up`, `down` or `status` for the state dir the environment names; 1 with a message on failure."""
+def main_command(command: str, host: str = "") -> int:
+    """Run `up`, `down`, `status` or `host-down HOST` for the state dir the environment names; 1 with a message
+    on failure."""
     try:
         local = LocalStack(LocalConfig.from_env(dict(os.environ)))
         if command == "up":
             local.up()
         elif command == "down":
             local.down()
+        elif command == "host-down":
+            local.host_down(host)
         else:
             local.status()
     except ServiceError as exc:

@@ -65,6 +65,7 @@ ALL_INTERFACES = "0.0.0.0"  # noqa: S104
 # with COLTSFOOT_INSTANCE_ID as its value: teardown and `make down` touch only their own instance's objects.
 INSTANCE_LABEL = "coltsfoot.instance"
 TENANT_LABEL = "coltsfoot.tenant"
+HOST_LABEL = "coltsfoot.host"
 DEFAULT_BASE_IMAGE = "localhost/coltsfoot-base:bookworm"
 
 # Developer settings the platform may legitimately need in tests (a corporate CA, a private index, another
@@ -888,19 +889,38 @@ class PlatformProcess(ProcessService):
             directory.mkdir(parents=True, exist_ok=True)
 
 
+FIRST_HOST = "host-1"
+
+
+def host_names(count: int) -> list[str]:
+    """The simulated hosts of a stack: host-1, host-2, ..."""
+    return [f"host-{number}" for number in range(1, count + 1)]
+
+
 class CeleryWorker(PlatformProcess):
-    name = "worker"
+    """The worker of one host (README "Several hosts"): COLTSFOOT_HOST_NAME names it, so it registers that host,
+    consumes its queue and manages only the containers labelled with it. The first host's service is `worker`,
+    the others' `worker-host-2`, ..."""
+
     marker = ("celery", "worker")
     # Warm shutdown: a running task finishes first, up to this.
     stop_timeout = 60.0
     start_timeout = 60.0
     ready_what = "'ready.' in its log"
 
+    def __init__(self, platform: Platform, host: str = FIRST_HOST) -> None:
+        self.host = host
+        self.name = "worker" if host == FIRST_HOST else f"worker-{host}"
+        super().__init__(platform)
+
+    def env(self) -> dict[str, str]:
+        return {**self.platform.env, "COLTSFOOT_HOST_NAME": self.host}
+
     def argv(self) -> list[str]:
         # Each stack has its own Redis, so mingle/gossip would only slow the start down.
         argv = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO", "--concurrency=2"]
         argv += ["--pool=prefork", "--without-mingle", "--without-gossip"]
-        return [*argv, "--hostname", f"coltsfoot-{self.platform.instance_id}@%h"]
+        return [*argv, "--hostname", f"coltsfoot-{self.platform.instance_id}-{self.host}@%h"]
 
     def probe(self) -> str | None:
         return self.process.log_probe(re.compile(r"@\S+ ready\."))()
@@ -1017,7 +1037,10 @@ class Platform(Service):
         with_beat: bool = True,
         dns_port: int | None = None,
         database: PlatformDatabase | None = None,
+        hosts: int = 1,
     ) -> None:
+        if hosts < 1:
+            raise ServiceError(f"a stack runs at least one host, not {hosts}")
         self.dir = directory
         # None: the SQLite platform DB under the data dir; else PostgreSQL through PgBouncer (DATABASE_URL).
         self.database = database
@@ -1044,7 +1067,9 @@ class Platform(Service):
         self.secret_key = secret_key or secrets.token_urlsafe(50)
         self.env = self.build_env(extra_env or {})
         self.with_beat = with_beat
-        self.worker = CeleryWorker(self)
+        # One worker per simulated host; `worker` is the first host's.
+        self.workers = [CeleryWorker(self, host) for host in host_names(hosts)]
+        self.worker = self.workers[0]
         self.beat = CeleryBeat(self)
         self.api = ApiServer(self)
         self.collector = LogCollector(self)
@@ -1053,7 +1078,7 @@ class Platform(Service):
     @property
     def services(self) -> list[ProcessService]:
         """The platform's processes in start order (stopped in reverse). A new one goes here."""
-        return [self.dns, self.collector, self.worker, *([self.beat] if self.with_beat else []), self.api]
+        return [self.dns, self.collector, *self.workers, *([self.beat] if self.with_beat else []), self.api]
 
     def build_env(self, extra: dict[str, str]) -> dict[str, str]:
         if self.base_env is not None:
@@ -1213,7 +1238,7 @@ class Platform(Service):
 
     def stop(self, *, containers: ContainerPolicy = "purge") -> None:
         """Stop the API, beat and worker, then deal with this instance's podman objects (see ContainerPolicy)."""
-        for service in reversed([self.collector, self.worker, self.beat, self.api]):
+        for service in reversed([self.collector, *self.workers, self.beat, self.api]):
             service.stop()
         self.dns.stop()  # last: the edge looks every app's replicas up there while anything serves
         self.firewall_remove()
@@ -1240,6 +1265,22 @@ class Platform(Service):
     def restart_worker(self) -> None:
         self.kill_worker()
         self.start_worker()
+
+    def host_worker(self, host: str) -> CeleryWorker:
+        for worker in self.workers:
+            if worker.host == host:
+                return worker
+        raise ServiceError(f"no host {host!r} in this stack (it has {', '.join(w.host for w in self.workers)})")
+
+    def host_down(self, host: str) -> int:
+        """What the death of a host looks like from the rest of the platform: its worker is SIGKILLed and its
+        containers (those labelled coltsfoot.host=<host>) are stopped at once. Returns how many containers."""
+        self.host_worker(host).kill()
+        return podman_stop_instance(self.instance_id, self.env, host=host, grace_seconds=0)
+
+    def host_up(self, host: str) -> bool:
+        """Start the host's worker again if it is not running (its containers are its reconciler's business)."""
+        return self.host_worker(host).ensure()
 
     def start_beat(self) -> None:
         self.beat.start()
@@ -1315,12 +1356,15 @@ def podman_runtime_args(env: dict[str, str]) -> list[str]:
     return args
 
 
-def podman_running_containers(instance_id: str, env: dict[str, str]) -> list[str] | None:
-    """Ids of this instance's running containers; None if podman could not be asked."""
+def podman_running_containers(instance_id: str, env: dict[str, str], *, host: str = "") -> list[str] | None:
+    """Ids of this instance's running containers (only those of `host`, if given); None if podman could not be
+    asked. Label filters are ANDed by podman."""
     podman = shutil.which(env.get("COLTSFOOT_PODMAN", "podman"), path=system_path())
     if podman is None:
         return None
     argv = [podman, *podman_runtime_args(env), "ps", "--quiet", "--filter", f"label={INSTANCE_LABEL}={instance_id}"]
+    if host:
+        argv += ["--filter", f"label={HOST_LABEL}={host}"]
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -1329,13 +1373,14 @@ def podman_running_containers(instance_id: str, env: dict[str, str]) -> list[str
     return result.stdout.split() if result.returncode == 0 else None
 
 
-def podman_stop_instance(instance_id: str, env: dict[str, str]) -> int:
-    """`podman stop` this instance's running containers (never anyone else's); returns how many."""
-    ids = podman_running_containers(instance_id, env) or []
+def podman_stop_instance(instance_id: str, env: dict[str, str], *, host: str = "", grace_seconds: int = 10) -> int:
+    """`podman stop` this instance's running containers (never anyone else's; only `host`'s, if given), each given
+    `grace_seconds` before SIGKILL; returns how many."""
+    ids = podman_running_containers(instance_id, env, host=host) or []
     podman = shutil.which(env.get("COLTSFOOT_PODMAN", "podman"), path=system_path())
     if not ids or podman is None:
         return 0
-    argv = [podman, *podman_runtime_args(env), "stop", "--time", "10", *ids]
+    argv = [podman, *podman_runtime_args(env), "stop", "--time", str(grace_seconds), *ids]
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from celery import current_app
 from django.conf import settings
 from django.db.models import F
 from django.db.models import Q
@@ -45,7 +46,9 @@ from platform_apps.deployments.services import git_validate
 from platform_apps.domains.selectors import route_hostnames
 from platform_apps.models import App
 from platform_apps.models import Deployment
+from platform_apps.models import Host
 from platform_apps.models import Replica
+from provisioning import hosts
 from provisioning.firewall import firewall_ensure_for_network
 from provisioning.runtime import resolve_for_runtime
 from provisioning.runtime import tenant_network
@@ -105,7 +108,7 @@ def labels_for(deployment: Deployment, role: str) -> dict[str, str]:
         "coltsfoot.deployment": str(deployment.public_id),
         "coltsfoot.role": role,
         # The host whose worker runs it: each host manages only the containers that carry its name.
-        HOST_LABEL: deployment.host.name if deployment.host_id is not None else str(settings.HOST_NAME),
+        HOST_LABEL: deployment.host.name if deployment.host_id is not None else hosts.this_host_name(),
     }
 
 
@@ -761,8 +764,21 @@ def start_replicas(deployment: Deployment, runtime: Runtime) -> list[str]:
     return upstreams
 
 
+RETIRE_TASK = "coltsfoot.deployment_retire"
+
+
 def remove_containers(deployment: Deployment, *, graceful: bool = False) -> None:
-    """Remove the deployment's containers (after a graceful stop when it was serving) and secrets."""
+    """Remove the deployment's containers (after a graceful stop when it was serving) and secrets, on the host
+    they run on: here, or by a task on that host's queue (each host touches only its own containers). A down
+    host's containers are gone with it (a host that comes back removes them as orphans): only the rows go."""
+    host = deployment.host if deployment.host_id is not None else None
+    if host is not None and host.name != hosts.this_host_name():
+        if host.state != Host.State.DOWN:
+            current_app.send_task(RETIRE_TASK, args=[str(deployment.public_id), graceful], queue=host.queue)
+            logger.info("replica removal sent to their host", extra={**log_context(deployment), "host": host.name})
+            return
+        Replica.objects.filter(deployment=deployment).delete()
+        return
     for name in podman.containers_with_label("coltsfoot.deployment", str(deployment.public_id)):
         if graceful:
             podman.container_stop(name)
@@ -830,13 +846,13 @@ def edge_apply(caddy: CaddyClient, app: App, addresses: list[str], *, context: d
     not a config load, when it does not. Addresses go in before a route that looks them up, and out after a
     route that stops looking them up, so the name never lacks an address while a route uses it."""
     route = app_route_for(app, addresses)
-    hosts = UpstreamHosts.from_settings()
+    upstreams = UpstreamHosts.from_settings()
     if addresses:
-        hosts.write(app.public_id, addresses, context=context)
+        upstreams.write(app.public_id, addresses, context=context)
     if caddy.route_get(app.public_id) != route:
         caddy.route_set(route)
     if not addresses:
-        hosts.write(app.public_id, [], context=context)
+        upstreams.write(app.public_id, [], context=context)
 
 
 def switch_wait(seconds: float) -> None:

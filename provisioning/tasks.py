@@ -388,6 +388,20 @@ def deployment_run(self: PlatformTask, deployment_id: str) -> None:
             lease_release(deployment.pk, owner, hold_until=hold + settings.LEASE_SECONDS if hold else None)
 
 
+@shared_task(bind=True, base=PlatformTask, name=pipeline.RETIRE_TASK)
+def deployment_retire(self: PlatformTask, deployment_id: str, graceful: bool = False) -> None:
+    """On the deployment's host: remove its containers and rows (sent by whichever host retired it). Idempotent;
+    a message that reaches another host (the deployment was placed again meanwhile) is passed on."""
+    deployment = _load(uuid.UUID(deployment_id))
+    if deployment is None:
+        return
+    try:
+        pipeline.remove_containers(deployment, graceful=graceful)
+    except Exception as exc:
+        self.retry_if_transient(exc)
+        raise
+
+
 @shared_task(bind=True, base=PlatformTask, name="coltsfoot.app_teardown", max_retries=MAX_RETRIES * 4)
 def app_teardown(self: PlatformTask, app_id: str) -> None:
     """Remove everything an app had: route, containers, secrets, images, add-on, build dirs, row."""
