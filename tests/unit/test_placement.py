@@ -109,7 +109,7 @@ def test_no_active_host_at_all_is_said_so():
 
 def test_no_capacity_survives_a_trip_through_celery():
     error = NoCapacity("deploy.no_capacity", "full", transient=True, needed_mb=512, largest_free_mb=100)
-    copy = pickle.loads(pickle.dumps(error))
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own object, round-tripped
     assert (copy.code, copy.message, copy.transient, copy.needed_mb, copy.largest_free_mb) == (
         "deploy.no_capacity",
         "full",
@@ -191,11 +191,14 @@ def fleets(draw: st.DrawFn) -> list[HostRoom]:
 def test_placement_never_overcommits_never_uses_an_inactive_host_and_is_deterministic(
     rooms: list[HostRoom], count: int, memory: int
 ):
+    refused: NoCapacity | None = None
     try:
         names = placement.place_replicas(count, memory, rooms)
     except NoCapacity as exc:
+        refused = exc
+    if refused is not None:
         # It refused: so there really was no way to add the next replica (largest free < what it needs).
-        assert exc.largest_free_mb < memory or not any(r.active for r in rooms)
+        assert refused.largest_free_mb < memory or not any(r.active for r in rooms)
         return
     assert len(names) == count
     assert placement.place_replicas(count, memory, list(rooms)) == names
@@ -265,9 +268,7 @@ def tenant(db: None) -> Tenant:
     return tenant_create(slug="acme")
 
 
-def test_host_rooms_sum_the_memory_of_the_replicas_placed_on_each_host(
-    tenant: Tenant, django_assert_num_queries: Any
-):
+def test_host_rooms_sum_the_memory_of_the_replicas_placed_on_each_host(tenant: Tenant, django_assert_num_queries: Any):
     h1, h2, _h3 = _host("host-1"), _host("host-2", 2048), _host("host-3", state="draining")
     web, worker = _app(tenant, "web", memory=512), _app(tenant, "worker", memory=128)
     _live(web, [h1, h2])
@@ -294,7 +295,9 @@ def test_host_rooms_cost_two_queries_whatever_the_fleet(tenant: Tenant, django_a
 
 
 def test_a_deployments_replicas_are_placed_on_different_hosts_with_room(tenant: Tenant):
-    h1, h2, _full = _host("host-1"), _host("host-2"), _host("host-3", 256)
+    h1 = _host("host-1")
+    _host("host-2")
+    _host("host-3", 256)  # too small for a 512 MiB replica
     other = _app(tenant, "other", memory=1024)
     _live(other, [h1])
     web = _app(tenant, "web", memory=512, replicas=3)
