@@ -46,8 +46,8 @@ class HostStateChange:
     @property
     def message(self) -> str:
         if not self.changed:
-            return f"{self.host.name} is already {self.host.state}."
-        return f"{self.host.name}: {self.previous} -> {self.host.state}."
+            return f"Host {self.host.name} is already {self.host.state}."
+        return f"Host {self.host.name}: {self.previous} -> {self.host.state}."
 
 
 def _state_set(
@@ -81,7 +81,7 @@ def _state_set(
             )
             host.state = target
             return HostStateChange(host=host, changed=True, previous=source)
-    raise Conflict("host.busy", f"{name} kept changing state meanwhile; try again.")
+    raise Conflict("host.busy", f"Host {name} kept changing state meanwhile; try again.")
 
 
 def host_drain(*, name: str, actor: Actor | None = None) -> HostStateChange:
@@ -90,7 +90,7 @@ def host_drain(*, name: str, actor: Actor | None = None) -> HostStateChange:
         name=name,
         source=Host.State.ACTIVE,
         target=Host.State.DRAINING,
-        refused="{name} is down: it takes no placements already. Drain it once its worker heartbeats again.",
+        refused="Host {name} is down: it takes no placements already. Drain it once its worker heartbeats again.",
         action=actions.HOST_DRAIN,
         actor=actor,
     )
@@ -102,7 +102,7 @@ def host_undrain(*, name: str, actor: Actor | None = None) -> HostStateChange:
         name=name,
         source=Host.State.DRAINING,
         target=Host.State.ACTIVE,
-        refused="{name} is down: it becomes active again by itself when its worker heartbeats.",
+        refused="Host {name} is down: it becomes active again by itself when its worker heartbeats.",
         action=actions.HOST_UNDRAIN,
         actor=actor,
     )

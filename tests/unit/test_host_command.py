@@ -106,7 +106,7 @@ def test_drain_takes_a_host_out_of_placement_and_undrain_puts_it_back(
     assert placement.place_replicas(1, 512, placement.host_rooms(app=web)) == ["host-2"]
 
     with task_queued("reconcile") as reconcile, django_capture_on_commit_callbacks(execute=True):
-        assert run("drain", "host-2").strip() == "host-2: active -> draining."
+        assert run("drain", "host-2").strip() == "Host host-2: active -> draining."
     reconcile.assert_called_once_with()
     assert Host.objects.get(name="host-2").state == Host.State.DRAINING
     assert placement.place_replicas(1, 512, placement.host_rooms(app=web)) == ["host-1"]
@@ -115,7 +115,7 @@ def test_drain_takes_a_host_out_of_placement_and_undrain_puts_it_back(
     assert record.host_id == str(fleet["host-2"].public_id)  # type: ignore[attr-defined]
     assert (record.from_state, record.to_state) == ("active", "draining")  # type: ignore[attr-defined]
 
-    assert run("undrain", "host-2").strip() == "host-2: draining -> active."
+    assert run("undrain", "host-2").strip() == "Host host-2: draining -> active."
     assert Host.objects.get(name="host-2").state == Host.State.ACTIVE
     assert placement.place_replicas(1, 512, placement.host_rooms(app=web)) == ["host-2"]
 
@@ -131,8 +131,8 @@ def test_each_change_is_in_the_audit_trail_without_a_tenant(fleet: dict[str, Hos
 
 
 def test_draining_a_draining_host_is_a_no_op_that_says_so(fleet: dict[str, Host]):
-    assert run("drain", "host-2").strip() == "host-2 is already draining."
-    assert run("undrain", "host-1").strip() == "host-1 is already active."
+    assert run("drain", "host-2").strip() == "Host host-2 is already draining."
+    assert run("undrain", "host-1").strip() == "Host host-1 is already active."
     assert not AuditEvent.objects.filter(object_type="host").exists()
 
 
@@ -144,7 +144,7 @@ def test_an_unknown_host_is_an_error(fleet: dict[str, Host], verb: str):
 
 @pytest.mark.parametrize(("verb", "says"), [("undrain", "becomes active again"), ("drain", "takes no placements")])
 def test_a_down_host_can_be_neither_drained_nor_undrained(fleet: dict[str, Host], verb: str, says: str):
-    with pytest.raises(CommandError, match=f"host-3 is down: it {says}"):
+    with pytest.raises(CommandError, match=f"Host host-3 is down: it {says}"):
         run(verb, "host-3")
     assert Host.objects.get(name="host-3").state == Host.State.DOWN
 
@@ -171,7 +171,7 @@ def test_a_reconciler_marking_the_host_down_meanwhile_is_not_overwritten(fleet: 
 
     with (
         mock.patch.object(Host.objects, "filter", side_effect=mark_down_before_the_update),
-        pytest.raises(Conflict, match="host-1 is down"),
+        pytest.raises(Conflict, match="Host host-1 is down"),
     ):
         services.host_drain(name="host-1")
     assert raced == [1]
