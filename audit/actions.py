@@ -24,6 +24,9 @@ TOKEN_REVOKE = "token.revoke"
 TENANT_CREATE = "tenant.create"
 TENANT_SUSPEND = "tenant.suspend"
 TENANT_REACTIVATE = "tenant.reactivate"
+# An operator's changes of a host's state (`manage.py host`, the console): no tenant, `object_id` is the host's.
+HOST_DRAIN = "host.drain"
+HOST_UNDRAIN = "host.undrain"
 # Edits and deletions through the Django admin's forms (the admin's own actions have names above).
 ADMIN_CHANGE = "admin.change"
 ADMIN_DELETE = "admin.delete"
@@ -51,6 +54,8 @@ ACTIONS: frozenset[str] = frozenset(
         TENANT_CREATE,
         TENANT_SUSPEND,
         TENANT_REACTIVATE,
+        HOST_DRAIN,
+        HOST_UNDRAIN,
         ADMIN_CHANGE,
         ADMIN_DELETE,
     }

@@ -24,12 +24,16 @@ from django.utils.html import format_html_join
 from django.utils.safestring import SafeString
 
 from audit.admin import AuditedAdmin
+from audit.admin import admin_actor
 from core.console import console_action_logged
 from core.errors import ApiError
 from core.queue import enqueue_on_commit
 from platform_apps.apps import selectors as app_selectors
 from platform_apps.apps import services as app_services
 from platform_apps.deployments import services as deployment_services
+from platform_apps.hosts import selectors as host_selectors
+from platform_apps.hosts import services as host_services
+from platform_apps.hosts.services import HostStateChange
 from platform_apps.models import Addon
 from platform_apps.models import AddonBackup
 from platform_apps.models import App
@@ -37,6 +41,7 @@ from platform_apps.models import AppStatus
 from platform_apps.models import ConfigVar
 from platform_apps.models import Deployment
 from platform_apps.models import Domain
+from platform_apps.models import Host
 from platform_apps.models import RedisAddon
 from platform_apps.models import Replica
 from platform_apps.models import WebhookDelivery
@@ -217,15 +222,16 @@ class AppAdmin(AuditedAdmin[App]):
 
     @admin.display(description="replicas of the live deployment")
     def replica_table(self, obj: App) -> SafeString | str:
-        replicas = list(app_selectors.replica_list(app=obj))
+        replicas = list(app_selectors.replica_list(app=obj).select_related("host"))
         if not replicas:
             return "-"
         rows = format_html_join(
             "",
-            "<tr><td>web.{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>web.{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
                     r.index + 1,
+                    "-" if r.host is None else r.host.name,
                     _badge(r.state, r.get_state_display()),
                     r.restarts,
                     r.last_exit_reason or "-",
@@ -234,7 +240,9 @@ class AppAdmin(AuditedAdmin[App]):
                 for r in replicas
             ),
         )
-        head = "<tr><th>replica</th><th>state</th><th>restarts</th><th>last exit</th><th>exit code</th></tr>"
+        head = (
+            "<tr><th>replica</th><th>host</th><th>state</th><th>restarts</th><th>last exit</th><th>exit code</th></tr>"
+        )
         return format_html('<table class="cf-replicas">{}{}</table>', SafeString(head), rows)
 
     def save_model(self, request: HttpRequest, obj: App, form: forms.ModelForm[App], change: bool) -> None:
@@ -323,11 +331,24 @@ class ReplicaInline(admin.TabularInline[Replica, Deployment]):
     model = Replica
     extra = 0
     can_delete = False
-    fields = ("index", "name", "state", "address", "restarts", "last_exit_code", "last_exit_reason", "started_at")
+    fields = (
+        "index",
+        "name",
+        "host",
+        "state",
+        "address",
+        "restarts",
+        "last_exit_code",
+        "last_exit_reason",
+        "started_at",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Deployment | None = None) -> bool:
         return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Replica]:
+        return super().get_queryset(request).select_related("host")
 
 
 def _seconds(delta: timedelta) -> str:
@@ -441,6 +462,130 @@ class DeploymentAdmin(AuditedAdmin[Deployment]):
         console_action_logged(self, request, "rollback", [target], app_id=str(app.public_id))
         message = f"{app.name}: rolling back to #{target.number} as deployment #{deployment.number}."
         self.message_user(request, message, messages.SUCCESS)
+
+
+# --- Hosts ----------------------------------------------------------------------------------------
+
+
+class HostReplicaInline(admin.TabularInline[Replica, Host]):
+    """What runs on a host: each replica placed there, with its app and deployment."""
+
+    model = Replica
+    fk_name = "host"
+    extra = 0
+    can_delete = False
+    verbose_name = "replica placed here"
+    verbose_name_plural = "replicas placed here"
+    fields = ("name", "app", "deployment_number", "state", "address", "started_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Host | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Host | None = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Replica]:
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("deployment", "deployment__app", "deployment__app__tenant")
+            .order_by("deployment__app__hostname", "deployment__number", "index")
+        )
+
+    @admin.display(description="app")
+    def app(self, obj: Replica) -> str:
+        return str(obj.deployment.app.hostname)
+
+    @admin.display(description="deployment")
+    def deployment_number(self, obj: Replica) -> SafeString:
+        return _change_link(obj.deployment, f"#{obj.deployment.number} ({obj.deployment.state})")
+
+
+HOST_FIELDS = (
+    "public_id",
+    "name",
+    "state_badge",
+    "address",
+    "memory",
+    "replicas_placed",
+    "cpus",
+    "can_build",
+    "heartbeat",
+    "last_heartbeat",
+    "registered_at",
+)
+
+
+@admin.register(Host)
+class HostAdmin(AuditedAdmin[Host]):
+    """Read-only but for drain and undrain (`platform_apps.hosts.services`, as `manage.py host` does): a worker
+    registers and heartbeats its host, and the reconciler marks it down."""
+
+    list_display = ["name", "state_badge", "address", "memory", "replicas_placed", "cpus", "heartbeat"]
+    list_filter = ["state", "can_build"]
+    search_fields = ["name", "address", "public_id"]
+    fields = HOST_FIELDS
+    readonly_fields = HOST_FIELDS
+    inlines = [HostReplicaInline]
+    actions = ["drain", "undrain"]
+
+    class Media:
+        css = CONSOLE_CSS
+        js = CONSOLE_JS
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a worker registers its host when it starts
+
+    def has_change_permission(self, request: HttpRequest, obj: Host | None = None) -> bool:
+        return False  # view only: the worker owns its fields, drain/undrain are actions
+
+    def has_delete_permission(self, request: HttpRequest, obj: Host | None = None) -> bool:
+        # Never in bulk (no "delete selected"); one host, only once nothing is placed on it (replicas PROTECT it).
+        return obj is not None and not Replica.objects.filter(host=obj).exists()
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Host]:
+        return host_selectors.host_list()
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj: Host) -> SafeString:
+        return _badge(obj.state, obj.get_state_display())
+
+    @admin.display(description="memory placed / capacity", ordering="placed_memory_mb")
+    def memory(self, obj: Host) -> str:
+        return f"{int(getattr(obj, 'placed_memory_mb', 0))} / {obj.memory_mb} MiB"
+
+    @admin.display(description="replicas placed", ordering="replicas_placed")
+    def replicas_placed(self, obj: Host) -> int:
+        return int(getattr(obj, "replicas_placed", 0))
+
+    @admin.display(description="last heartbeat", ordering="last_heartbeat")
+    def heartbeat(self, obj: Host) -> str:
+        if obj.last_heartbeat is None:
+            return "never"
+        return f"{_seconds(max(timedelta(0), timezone.now() - obj.last_heartbeat))} ago"
+
+    def _change_state(self, request: HttpRequest, queryset: QuerySet[Host], verb: str) -> None:
+        change = host_services.host_drain if verb == "drain" else host_services.host_undrain
+        done: list[Host] = []
+        for name in queryset.values_list("name", flat=True):
+            try:
+                result: HostStateChange = change(name=name, actor=admin_actor(request))
+            except ApiError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+                continue
+            if result.changed:
+                done.append(result.host)
+            self.message_user(request, result.message, messages.SUCCESS if result.changed else messages.INFO)
+        console_action_logged(self, request, verb, done, hosts=[host.name for host in done])
+
+    @admin.action(description="Drain selected hosts (no new replicas or builds go there)")
+    def drain(self, request: HttpRequest, queryset: QuerySet[Host]) -> None:
+        self._change_state(request, queryset, "drain")
+
+    @admin.action(description="Undrain selected hosts (place on them again)")
+    def undrain(self, request: HttpRequest, queryset: QuerySet[Host]) -> None:
+        self._change_state(request, queryset, "undrain")
 
 
 # --- Config, add-ons, webhook deliveries -----------------------------------------------------------
