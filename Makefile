@@ -6,7 +6,7 @@ SHELL := /bin/bash
 WITH_ENV := source scripts/env.sh &&
 PYTEST_WORKERS ?= 2
 
-.PHONY: help bootstrap deps base-image lint typecheck unit test-unit-pg fuzz integration integration-pg test up down status host-down logs bench bench-reconcile bench-routes bench-api
+.PHONY: help bootstrap deps base-image lint typecheck unit test-unit-pg fuzz integration integration-pg test up down status host-down logs bench bench-reconcile bench-placement bench-routes bench-api
 
 help:
 	@echo "make up        start the platform (Redis, Caddy, PostgreSQL, PgBouncer, Celery, API) and deploy examples/hello"
@@ -20,6 +20,7 @@ help:
 	@echo "make fuzz      schemathesis over the OpenAPI document, in process (hermetic, about a minute)"
 	@echo "make bench     run every benchmark (deploy, routes, api) and print one JSON document with its goals"
 	@echo "make bench-reconcile  time a reconcile pass over 1,000 apps against fakes (prints JSON)"
+	@echo "make bench-placement  time placement and a dead host's re-placement at 10 hosts x 1,000 apps (prints JSON)"
 	@echo "make bench-routes     time route switches with 50 and 5,000 apps on the edge (prints JSON)"
 	@echo "make bench-api        API latency/throughput at 50 clients vs a bare Ninja endpoint, 8 SQLite writers (JSON)"
 
@@ -85,6 +86,9 @@ bench: base-image
 
 bench-reconcile: deps
 	@$(WITH_ENV) uv run --frozen python -m bench.reconcile
+
+bench-placement: deps
+	@$(WITH_ENV) uv run --frozen python -m bench.placement
 
 bench-routes: deps
 	@$(WITH_ENV) uv run --frozen python -m bench.routes

@@ -146,10 +146,12 @@ def isolated_stack(
     instance_id: str | None = None,
     extra_env: dict[str, str] | None = None,
     with_beat: bool = True,
+    hosts: int = 1,
 ) -> Stack:
     """A complete stack of its own under `directory` on free ports: Redis (persistent, so a restart keeps its
-    data), Caddy, and a Platform (worker, beat, API) with its own instance id. PostgreSQL and PgBouncer are made
-    too unless shared ones are given (then this stack never stops them). Not started: use `with`, or `up()`."""
+    data), Caddy, and a Platform (a worker per simulated host, beat, API) with its own instance id. PostgreSQL
+    and PgBouncer are made too unless shared ones are given (then this stack never stops them). Not started:
+    use `with`, or `up()`."""
     directory.mkdir(parents=True, exist_ok=True)
     redis = RedisServer(directory / "redis", persistent=True)
     caddy = CaddyServer(directory / "caddy")
@@ -169,5 +171,6 @@ def isolated_stack(
         instance_id=instance_id,
         extra_env=extra_env,
         with_beat=with_beat,
+        hosts=hosts,
     )
     return Stack([*services, platform])

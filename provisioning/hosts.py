@@ -29,7 +29,6 @@ from django.db import IntegrityError
 from django.db import close_old_connections
 from django.db import transaction
 from django.db.models import F
-from django.db.models import Sum
 from django.utils import timezone
 
 from core.faults import PlatformError
@@ -38,6 +37,7 @@ from platform_apps.models import Deployment
 from platform_apps.models import Host
 from platform_apps.models import Replica
 from platform_apps.models import host_queue
+from provisioning import placement
 
 logger = logging.getLogger(__name__)
 
@@ -107,40 +107,33 @@ def live_host_names(*, exclude: str = "") -> list[str]:
     return list(rows.values_list("name", flat=True))
 
 
-def placed_memory_mb() -> dict[int, int]:
-    """Memory placed on each host (by pk): the memory of every replica row placed there (one query)."""
-    rows = (
-        Replica.objects.filter(host__isnull=False)
-        .values("host")
-        .annotate(placed=Sum("deployment__app__memory_mb"))
-        .values_list("host", "placed")
-    )
-    return {int(host): int(placed or 0) for host, placed in rows}
-
-
 def place_deployment(deployment: Deployment) -> Host:
     """The host a deployment is built and run on: an active host that can build with room for all of its
-    replicas, the one with the most free memory (this host on a tie, which saves a hop). When no host has
-    registered yet (the first deploy before the heartbeat thread ran), this host registers now."""
+    replicas (its worker starts them), the one with the most free memory (this host on a tie, which saves a
+    hop). When no host has registered yet (the first deploy before the heartbeat thread ran), this host
+    registers now. No room anywhere: `deploy.no_capacity`, transient (a host may come back, an app shrink)."""
     app = deployment.app
     need = int(app.replicas) * int(app.memory_mb)
-    candidates = list(Host.objects.filter(state=Host.State.ACTIVE, can_build=True))
-    if not candidates and not Host.objects.exists():
-        candidates = [register()]
-    placed = placed_memory_mb()
-    room = {host.pk: host.memory_mb - placed.get(host.pk, 0) for host in candidates}
-    fitting = [host for host in candidates if room[host.pk] >= need]
+    rooms = placement.host_rooms()
+    if not rooms:
+        return register()
+    candidates = [room for room in rooms if room.active and room.can_build]
+    fitting = [room for room in candidates if room.free_mb >= need]
     if not fitting:
-        largest = max(room.values(), default=0)
-        raise PlatformError(
-            "deploy.no_capacity",
-            f"No host has room for {app.replicas} replica(s) of {app.memory_mb} MB (the most free on one host "
-            f"is {max(0, largest)} MB); the platform tries again shortly.",
+        largest = max((room.free_mb for room in candidates), default=0)
+        raise placement.NoCapacity(
+            message=(
+                f"No host has room for {app.replicas} replica(s) of {app.memory_mb} MB (the most free on one host "
+                f"is {max(0, largest)} MB); the platform tries again shortly."
+            ),
             transient=True,
+            needed_mb=need,
+            largest_free_mb=max(0, largest),
         )
     here = this_host_name()
-    best: Host = max(fitting, key=lambda host: (room[host.pk], host.name == here, host.name))
-    return best
+    best = max(fitting, key=lambda room: (room.free_mb, room.name == here))
+    chosen: Host = Host.objects.get(pk=best.pk)
+    return chosen
 
 
 def deployment_host(deployment: Deployment) -> Host:

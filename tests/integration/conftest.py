@@ -206,6 +206,37 @@ def isolated_stack(
         stack.down(containers="purge")
 
 
+@pytest.fixture(scope="module")
+def two_hosts(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer, pgbouncer_server: PgBouncerServer
+) -> Generator[Stack]:
+    """A stack of its own (as `isolated_stack`) with two simulated hosts, host-1 and host-2: a worker each, each
+    offering 1 GiB to tenant containers, heartbeating every second and taken for down after 8 s of silence.
+    `stack.require_platform().host_down("host-2")` kills one, `host_up` brings it back."""
+    directory = _session_dir(tmp_path_factory, "two-hosts")
+    env = {
+        **PLATFORM_TEST_ENV,
+        "COLTSFOOT_HOST_MEMORY_MB": "1024",
+        "COLTSFOOT_HOST_HEARTBEAT_SECONDS": "1",
+        "COLTSFOOT_HOST_DEAD_SECONDS": "8",
+        # A control pass that died with its host holds its lease until it expires: keep that within the minute.
+        "COLTSFOOT_RECONCILE_LEASE_SECONDS": "15",
+    }
+    stack = make_isolated_stack(directory, postgres=postgres_server, pgbouncer=pgbouncer_server, extra_env=env, hosts=2)
+    failure = None
+    try:
+        stack.up()
+    except ServiceError as exc:
+        failure = f"the two-host stack did not start: {exc}"
+        stack.down(containers="purge")
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
+    try:
+        yield stack
+    finally:
+        stack.down(containers="purge")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
