@@ -62,8 +62,8 @@ def test_host_down_kills_that_hosts_worker_and_stops_only_its_containers(tmp_pat
 def test_only_the_hosts_containers_are_listed(tmp_path: Path):
     completed = mock.Mock(returncode=0, stdout="abc\n")
     with (
-        mock.patch.object(services.shutil, "which", return_value="/usr/bin/podman"),
-        mock.patch.object(services.subprocess, "run", autospec=True, return_value=completed) as run,
+        mock.patch("devstack.services.shutil.which", return_value="/usr/bin/podman"),
+        mock.patch("devstack.services.subprocess.run", autospec=True, return_value=completed) as run,
     ):
         assert services.podman_running_containers("inst-1", {}, host="host-2") == ["abc"]
     argv = run.call_args.args[0]
