@@ -28,11 +28,15 @@ from django.db import DatabaseError
 from django.db import IntegrityError
 from django.db import close_old_connections
 from django.db import transaction
+from django.db.models import Exists
 from django.db.models import F
+from django.db.models import OuterRef
 from django.utils import timezone
 
+from core.errors import ApiError
 from core.faults import PlatformError
 from platform_apps.deployments.services import release_current
+from platform_apps.models import App
 from platform_apps.models import Deployment
 from platform_apps.models import Host
 from platform_apps.models import Replica
@@ -40,6 +44,9 @@ from platform_apps.models import host_queue
 from provisioning import placement
 
 logger = logging.getLogger(__name__)
+
+# How long after a failed release off a draining host the next one is asked for.
+DRAIN_RETRY = timedelta(minutes=5)
 
 
 def this_host_name() -> str:
@@ -183,11 +190,27 @@ def fail_over(now: datetime | None = None) -> dict[str, int]:
                 "replicas placed again off a down host",
                 extra={**_ids(deployment), "from": dead.name, "to": chosen.name},
             )
-    draining = Deployment.objects.filter(host__state=Host.State.DRAINING, app__live_deployment=F("pk")).exclude(
-        app__deployments__state__in=Deployment.ACTIVE_STATES
+    # A release that failed lately (no room elsewhere, say) is not asked for again every pass: once per
+    # DRAIN_RETRY, so a host that cannot be emptied does not fill the app's history with failed releases.
+    failed_lately = Deployment.objects.filter(
+        app=OuterRef("app"),
+        source_kind=Deployment.SourceKind.RELEASE,
+        state=Deployment.State.FAILED,
+        created_at__gte=(now or timezone.now()) - DRAIN_RETRY,
+    )
+    draining = (
+        Deployment.objects.filter(
+            host__state=Host.State.DRAINING, app__live_deployment=F("pk"), app__state=App.State.ACTIVE
+        )
+        .exclude(app__deployments__state__in=Deployment.ACTIVE_STATES)
+        .exclude(Exists(failed_lately))
     )
     for deployment in draining.select_related("app", "app__tenant", "host").distinct():
-        release = release_current(deployment.app)
+        try:
+            release = release_current(deployment.app)
+        except ApiError as exc:  # the app is being deleted meanwhile: nothing to move
+            logger.info("app not moved off a draining host: %s", exc.code, extra=_ids(deployment))
+            continue
         if release is not None:
             counts["drained"] += 1
             logger.info(

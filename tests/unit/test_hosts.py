@@ -269,3 +269,24 @@ def test_a_container_a_host_kept_after_its_deployment_moved_away_is_removed_ther
     report = reconcile_pass(host="host-1")
     assert report.actions.get("orphan_removed") == 1
     assert replica.name not in fake_podman.containers
+
+
+def test_a_release_off_a_draining_host_that_failed_is_asked_for_again_only_after_a_while(
+    pipeline_settings: None, fake_podman: FakePodman, routes: Any, http: Any
+):
+    from provisioning import tasks
+
+    here = hosts.register()
+    app = make_app(replicas=1)
+    first = archive_deployment(app, host=here)
+    tasks.drive(first.public_id)
+    Host.objects.filter(pk=here.pk).update(state=Host.State.DRAINING)  # and no other host: nowhere to go
+
+    with mock.patch.object(tasks.deployment_run, "delay", autospec=True):
+        assert hosts.fail_over()["drained"] == 1
+        release = Deployment.objects.filter(app=app).order_by("-number").first()
+        assert release is not None
+        Deployment.objects.filter(pk=release.pk).update(state=Deployment.State.FAILED)
+        assert hosts.fail_over()["drained"] == 0  # not a failed release every pass
+        Deployment.objects.filter(pk=release.pk).update(created_at=timezone.now() - timedelta(minutes=6))
+        assert hosts.fail_over()["drained"] == 1
