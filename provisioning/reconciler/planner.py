@@ -190,10 +190,10 @@ def plan_routes(desired: Desired, observed: Observed, serving: frozenset[str], *
             app_id = uuid.UUID(rid.removeprefix(ROUTE_ID_PREFIX))
         except ValueError:
             continue
-        if app_id not in desired.apps_routing_soon:
+        if app_id not in desired.apps_routing_soon and app_id not in desired.apps_elsewhere:
             actions.append(RouteRemove(rid))
     live = {app.app_id for app in desired.apps}
-    for app_id in sorted(set(observed.hosts) - live - desired.apps_routing_soon):
+    for app_id in sorted(set(observed.hosts) - live - desired.apps_routing_soon - desired.apps_elsewhere):
         # After the routes: a route that still looks the name up goes first.
         actions.append(HostsRemove(app_id))
     return actions

@@ -115,7 +115,12 @@ def load_desired(host: str = "") -> Desired:
     """Every live app with its live deployment's replicas (only the apps whose live deployment is placed on
     `host`, if given), in a fixed number of queries."""
     live_apps = App.objects.filter(state=App.State.ACTIVE, live_deployment__isnull=False)
+    elsewhere: frozenset[uuid.UUID] = frozenset()
     if host:
+        # One query for the apps live on the other hosts, so the pass never plans (and then checks, one query
+        # each) the removal of their routes and hosts files.
+        others = live_apps.exclude(live_deployment__host__name=host).values_list("public_id", flat=True)
+        elsewhere = frozenset(others)
         live_apps = live_apps.filter(live_deployment__host__name=host)
     # Only the columns the pass uses: a deployment's log alone can be LOG_MAX_CHARS.
     apps = list(
@@ -155,7 +160,7 @@ def load_desired(host: str = "") -> Desired:
             )
         )
     routing_soon = frozenset(app_id for _pk, app_id, _state in in_flight)
-    return Desired(apps=tuple(live), apps_routing_soon=routing_soon, host=host)
+    return Desired(apps=tuple(live), apps_routing_soon=routing_soon, host=host, apps_elsewhere=elsewhere)
 
 
 def with_known_deployments(desired: Desired, observed: Observed) -> Desired:
@@ -221,7 +226,7 @@ class _Deployments:
 
     def get(self, deployment_id: uuid.UUID) -> Deployment:
         if deployment_id not in self._rows:
-            self._rows[deployment_id] = Deployment.objects.select_related("app", "app__tenant").get(
+            self._rows[deployment_id] = Deployment.objects.select_related("app", "app__tenant", "host").get(
                 public_id=deployment_id
             )
         return self._rows[deployment_id]

@@ -72,6 +72,8 @@ class Desired:
     apps_routing_soon: frozenset[uuid.UUID] = frozenset()
     # The host whose containers this pass manages ("": every container of the installation, one host).
     host: str = ""
+    # Apps live on other hosts (a host's pass): their routes and hosts files are those hosts' passes' to repair.
+    apps_elsewhere: frozenset[uuid.UUID] = frozenset()
 
 
 @dataclass(frozen=True)

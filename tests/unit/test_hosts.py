@@ -290,3 +290,37 @@ def test_a_release_off_a_draining_host_that_failed_is_asked_for_again_only_after
         assert hosts.fail_over()["drained"] == 0  # not a failed release every pass
         Deployment.objects.filter(pk=release.pk).update(created_at=timezone.now() - timedelta(minutes=6))
         assert hosts.fail_over()["drained"] == 1
+
+
+def test_a_hosts_pass_leaves_the_routes_of_apps_live_elsewhere_alone_at_a_fixed_cost(
+    pipeline_settings: None, fake_podman: FakePodman, routes: Any, http: Any
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from caddy import routes as caddy_routes
+    from provisioning import tasks
+    from provisioning.reconciler.runner import reconcile_pass
+
+    here = hosts.register()
+    there = other_host(memory_mb=65536)
+    tasks.drive(archive_deployment(make_app(name="here", replicas=1), host=here).public_id)
+
+    def live_elsewhere(name: str) -> App:
+        app = make_app(slug=f"t{name}", name=name, replicas=1)
+        with mock.patch.object(hosts, "this_host_name", return_value=there.name):
+            tasks.drive(archive_deployment(app, host=there).public_id)
+        return app
+
+    first = live_elsewhere("first")
+    reconcile_pass(host="host-1")
+    with CaptureQueriesContext(connection) as one:
+        reconcile_pass(host="host-1")
+    others = [live_elsewhere("second"), live_elsewhere("third")]
+    with CaptureQueriesContext(connection) as three:
+        report = reconcile_pass(host="host-1")
+    assert report.actions == {}
+    assert len(three) == len(one)  # not two queries more for every app on another host
+    for app in (first, *others):
+        assert caddy_routes.route_id(app.public_id) in routes.raw
+        assert routes.table[app.public_id]  # its hosts file still names its replica
