@@ -282,6 +282,15 @@ def test_a_page_that_ends_exactly_at_the_last_app_is_counted_without_a_count_que
     assert [q["sql"] for q in more.captured_queries if "COUNT(*)" in q["sql"]]
 
 
+def test_lists_of_two_tenants_in_turn_each_show_only_their_own_apps(owner: Actor, outsider: Actor):
+    # The list's queryset is prepared once per process (`selectors.list_rows`): no scope may stick to it.
+    owner.call("POST", "/apps", {"name": "mine"})
+    outsider.call("POST", "/apps", {"name": "theirs"})
+    for _ in range(2):
+        for actor, name in ((owner, "mine"), (outsider, "theirs")):
+            listing = actor.call("GET", "/apps").json()
+            assert (listing["count"], [a["name"] for a in listing["items"]]) == (1, [name])
+
 
 def test_health_and_openapi(client: Any):
     assert client.get("/api/v1/health").json() == {"status": "ok"}
