@@ -37,14 +37,14 @@ class Pagination(LimitOffsetPagination):
         super().__init__(max_limit=MAX_LIMIT, **kwargs)
 
     def paginate_queryset(self, queryset: QuerySet[Any], pagination: Any, request: HttpRequest, **params: Any) -> Any:
-        """The page first; a page shorter than the limit is the last one, so its end is the count and the
-        COUNT query is not needed (most lists fit in one page)."""
+        """The page first, with one row more than it holds: without that row the page is the last one, so its
+        end is the count and the COUNT query is not needed (most lists fit in one page, a full one included)."""
         offset = pagination.offset
         limit = min(pagination.limit, self.max_limit)
-        items = list(queryset[offset : offset + limit])
-        last_page = len(items) < limit and (bool(items) or offset == 0)
-        count = offset + len(items) if last_page else self._items_count(queryset)
-        return {self.items_attribute: items, "count": count}
+        rows = list(queryset[offset : offset + limit + 1])
+        last_page = len(rows) <= limit and (bool(rows) or offset == 0)
+        count = offset + len(rows) if last_page else self._items_count(queryset)
+        return {self.items_attribute: rows[:limit], "count": count}
 
 
 def paginated[View: Callable[..., Any]](view: View) -> View:

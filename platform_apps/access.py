@@ -29,9 +29,11 @@ from tenants.auth import require_scope
 from tenants.models import ApiToken
 
 
-def visible_apps(*, token: ApiToken) -> QuerySet[App]:
-    """The apps this token may know exist: its tenant's, or only its own app if restricted to one."""
-    qs = App.objects.filter(tenant_id=token.tenant_id).select_related("tenant", "live_deployment")
+def visible_apps(*, token: ApiToken, apps: QuerySet[App] | None = None) -> QuerySet[App]:
+    """The apps this token may know exist: its tenant's, or only its own app if restricted to one. `apps` is
+    what to narrow (a list's prepared, annotated queryset); by default all apps, with tenant and live deployment."""
+    base = App.objects.select_related("tenant", "live_deployment") if apps is None else apps
+    qs = base.filter(tenant_id=token.tenant_id)
     if token.app_id is not None:
         qs = qs.filter(pk=token.app_id)
     return qs

@@ -42,7 +42,7 @@ def app_create(request: HttpRequest, payload: AppCreateIn) -> Status[App]:
 )
 @paginated
 def app_list(request: HttpRequest) -> QuerySet[App]:
-    return selectors.list_rows(visible_apps(token=caller(request, scope="apps:read")))
+    return visible_apps(token=caller(request, scope="apps:read"), apps=selectors.list_rows())
 
 
 @router.get(

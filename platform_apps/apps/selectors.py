@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from django.db.models import Count
 from django.db.models import Exists
 from django.db.models import F
@@ -33,15 +35,22 @@ def with_status(apps: QuerySet[App]) -> QuerySet[App]:
     )
 
 
-def list_rows(apps: QuerySet[App]) -> QuerySet[App]:
+def list_rows() -> QuerySet[App]:
     """What `GET /apps` serialises, in one query: the status counts, and of the live deployment only its
     public id (its row holds the build log), without the tenant's row (ordered by name, which is what
-    the default order is within one tenant)."""
-    return (
-        with_status(apps.select_related(None))
-        .annotate(live_public_id=F("live_deployment__public_id"))
-        .order_by("name", "pk")
-    )
+    the default order is within one tenant). Not scoped to anyone: the view narrows it with
+    `access.visible_apps(token=..., apps=list_rows())`, which only adds WHERE conditions on the app's own columns.
+
+    Every call hands out a clone (`.all()`, as Django's ListView does with its class-level queryset) of one
+    queryset built per process: resolving these annotations costs more than compiling the SQL (the list query of
+    20 apps, in process on the 2-core VM: 5.1-6.8 -> 3.4-4.7 ms). The shared one is never evaluated or changed."""
+    return _list_query().all()
+
+
+@cache
+def _list_query() -> QuerySet[App]:
+    listed = with_status(App.objects.all()).annotate(live_public_id=F("live_deployment__public_id"))
+    return listed.order_by("name", "pk")
 
 
 def replica_list(*, app: App) -> QuerySet[Replica]:

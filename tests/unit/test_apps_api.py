@@ -266,6 +266,32 @@ def test_list_query_count_does_not_grow(owner: Actor):
     assert len(many.captured_queries) == len(one.captured_queries)
 
 
+def test_a_page_that_ends_exactly_at_the_last_app_is_counted_without_a_count_query(owner: Actor):
+    owner.tenant.max_apps = 10
+    owner.tenant.max_cpus = 10
+    owner.tenant.save()
+    for i in range(3):
+        owner.call("POST", "/apps", {"name": f"app{i}"})
+    with CaptureQueriesContext(connection) as full:
+        page = owner.call("GET", "/apps?limit=3").json()
+    assert (page["count"], len(page["items"])) == (3, 3)
+    assert not [q["sql"] for q in full.captured_queries if "COUNT(*)" in q["sql"]]
+    with CaptureQueriesContext(connection) as more:
+        page = owner.call("GET", "/apps?limit=2").json()
+    assert (page["count"], [a["name"] for a in page["items"]]) == (3, ["app0", "app1"])
+    assert [q["sql"] for q in more.captured_queries if "COUNT(*)" in q["sql"]]
+
+
+def test_lists_of_two_tenants_in_turn_each_show_only_their_own_apps(owner: Actor, outsider: Actor):
+    # The list's queryset is prepared once per process (`selectors.list_rows`): no scope may stick to it.
+    owner.call("POST", "/apps", {"name": "mine"})
+    outsider.call("POST", "/apps", {"name": "theirs"})
+    for _ in range(2):
+        for actor, name in ((owner, "mine"), (outsider, "theirs")):
+            listing = actor.call("GET", "/apps").json()
+            assert (listing["count"], [a["name"] for a in listing["items"]]) == (1, [name])
+
+
 def test_health_and_openapi(client: Any):
     assert client.get("/api/v1/health").json() == {"status": "ok"}
     spec = client.get("/api/v1/openapi.json").json()
