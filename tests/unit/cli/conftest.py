@@ -3,11 +3,13 @@ with its config dir, working directory and environment of its own. Nothing here 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import respx
@@ -69,7 +71,11 @@ class Cli:
     workdir: Path
 
     def __call__(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
-        return self.runner.invoke(app, list(args), input=input, env=env)
+        # As on a tenant's laptop, where nothing configured logging: the root handlers of this test session (the
+        # platform's LOGGING, or one an earlier test left on a stream since closed, which then prints "Logging
+        # error" tracebacks) must not write into the command's output.
+        with mock.patch.object(logging.getLogger(), "handlers", []):
+            return self.runner.invoke(app, list(args), input=input, env=env)
 
 
 @pytest.fixture
