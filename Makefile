@@ -16,7 +16,7 @@ help:
 	@echo "make host-down HOST=host-2 kill that host's worker and stop its containers, as if it died"
 	@echo "make test      install what is missing, then lint, type check, unit (SQLite and PostgreSQL), fuzz and integration tests"
 	@echo "make test-unit-pg  the unit suite on a throwaway PostgreSQL (the concurrency tests run only there)"
-	@echo "make integration-pg  the deploy integration tests with the platform DB on PostgreSQL behind PgBouncer"
+	@echo "make integration-pg  the deploy and two-host integration tests, platform DB on PostgreSQL behind PgBouncer"
 	@echo "make fuzz      schemathesis over the OpenAPI document, in process (hermetic, about a minute)"
 	@echo "make bench     run every benchmark (deploy, routes, api) and print one JSON document with its goals"
 	@echo "make bench-reconcile  time a reconcile pass over 1,000 apps against fakes (prints JSON)"
@@ -58,10 +58,11 @@ fuzz: deps
 integration: base-image
 	@$(WITH_ENV) uv run --frozen pytest tests/integration -n $(PYTEST_WORKERS) --dist loadfile -q -m integration
 
-# One integration file with the platform DB on PostgreSQL through PgBouncer in transaction mode, as
+# The deploy, platform DB and two-host integration files with the platform DB on PostgreSQL through PgBouncer in
+# transaction mode, as
 # `COLTSFOOT_PLATFORM_DB=postgres make up` runs it (the whole suite on both DBs would double CI's time).
 integration-pg: base-image
-	@$(WITH_ENV) COLTSFOOT_TEST_PLATFORM_DB=postgres uv run --frozen pytest tests/integration/test_deploy.py tests/integration/test_platform_db.py -q -m integration
+	@$(WITH_ENV) COLTSFOOT_TEST_PLATFORM_DB=postgres uv run --frozen pytest tests/integration/test_deploy.py tests/integration/test_platform_db.py tests/integration/test_hosts.py -q -m integration
 
 test: lint typecheck unit test-unit-pg fuzz integration integration-pg
 

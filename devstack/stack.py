@@ -20,6 +20,7 @@ from devstack.services import CaddyServer
 from devstack.services import ContainerPolicy
 from devstack.services import PgBouncerServer
 from devstack.services import Platform
+from devstack.services import PlatformDatabase
 from devstack.services import PostgresServer
 from devstack.services import ProcessService
 from devstack.services import RedisServer
@@ -147,11 +148,13 @@ def isolated_stack(
     extra_env: dict[str, str] | None = None,
     with_beat: bool = True,
     hosts: int = 1,
+    database: PlatformDatabase | None = None,
 ) -> Stack:
     """A complete stack of its own under `directory` on free ports: Redis (persistent, so a restart keeps its
     data), Caddy, and a Platform (a worker per simulated host, beat, API) with its own instance id. PostgreSQL
     and PgBouncer are made too unless shared ones are given (then this stack never stops them). Not started:
-    use `with`, or `up()`."""
+    use `with`, or `up()`. `database`: the platform DB on the shared PostgreSQL through its PgBouncer (SQLite
+    under the stack's directory by default)."""
     directory.mkdir(parents=True, exist_ok=True)
     redis = RedisServer(directory / "redis", persistent=True)
     caddy = CaddyServer(directory / "caddy")
@@ -172,5 +175,6 @@ def isolated_stack(
         extra_env=extra_env,
         with_beat=with_beat,
         hosts=hosts,
+        database=database,
     )
     return Stack([*services, platform])

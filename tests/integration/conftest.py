@@ -212,7 +212,8 @@ def two_hosts(
 ) -> Generator[Stack]:
     """A stack of its own (as `isolated_stack`) with two simulated hosts, host-1 and host-2: a worker each, each
     offering 1 GiB to tenant containers, heartbeating every second and taken for down after 8 s of silence.
-    `stack.require_platform().host_down("host-2")` kills one, `host_up` brings it back."""
+    `stack.require_platform().host_down("host-2")` kills one, `host_up` brings it back. The platform DB is
+    SQLite, or PostgreSQL through PgBouncer with COLTSFOOT_TEST_PLATFORM_DB=postgres (`make integration-pg`)."""
     directory = _session_dir(tmp_path_factory, "two-hosts")
     env = {
         **PLATFORM_TEST_ENV,
@@ -222,7 +223,19 @@ def two_hosts(
         # A control pass that died with its host holds its lease until it expires: keep that within the minute.
         "COLTSFOOT_RECONCILE_LEASE_SECONDS": "15",
     }
-    stack = make_isolated_stack(directory, postgres=postgres_server, pgbouncer=pgbouncer_server, extra_env=env, hosts=2)
+    database = None
+    if platform_db_choice() == "postgres":
+        # A database and role of this stack's own: the session's platform has `coltsfoot_platform`.
+        database = PlatformDatabase(
+            postgres_server,
+            pgbouncer_server,
+            secrets.token_urlsafe(24),
+            role="coltsfoot_platform_hosts",
+            name="coltsfoot_platform_hosts",
+        )
+    stack = make_isolated_stack(
+        directory, postgres=postgres_server, pgbouncer=pgbouncer_server, extra_env=env, hosts=2, database=database
+    )
     failure = None
     try:
         stack.up()

@@ -150,10 +150,13 @@ def test_a_down_host_can_be_neither_drained_nor_undrained(fleet: dict[str, Host]
 
 
 def test_the_command_exits_non_zero_on_an_error(fleet: dict[str, Host], capsys: pytest.CaptureFixture[str]):
-    from django.core.management import ManagementUtility
+    from provisioning.management.commands.host import Command
 
+    # run_from_argv is what `manage.py host ...` ends in, without ManagementUtility's django.setup(): that would
+    # configure logging again onto this test's captured stderr, closed after it (later tests then print "Logging
+    # error" tracebacks into their own output).
     with pytest.raises(SystemExit) as exited:
-        ManagementUtility(["manage.py", "host", "undrain", "host-3"]).execute()
+        Command().run_from_argv(["manage.py", "host", "undrain", "host-3"])
     assert exited.value.code == 1
     assert "host-3 is down" in capsys.readouterr().err
 
