@@ -181,10 +181,13 @@ def with_known_deployments(desired: Desired, observed: Observed) -> Desired:
 
 
 def on_host(observed: Observed, host: str) -> Observed:
-    """The observation narrowed to the containers labelled with `host`: each host manages its own only."""
+    """The observation narrowed to the containers labelled with `host` (or with no host): each host manages its
+    own only."""
     if not host:
         return observed
-    mine = {name: c for name, c in observed.containers.items() if c.labels.get(HOST_LABEL) == host}
+    # A container of the installation that names no host (made before hosts, or by hand) is every host's to see:
+    # left alone unless it is an orphan, which any host may remove.
+    mine = {name: c for name, c in observed.containers.items() if c.labels.get(HOST_LABEL, host) == host}
     return dataclasses.replace(observed, containers=mine)
 
 

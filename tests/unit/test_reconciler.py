@@ -767,6 +767,32 @@ def test_the_reconcile_task_skips_while_another_pass_holds_the_lease(app: App, f
     assert podman_calls() == {}
 
 
+def test_an_orphan_that_names_no_host_is_removed_by_a_host_pass(app: App, fake_podman: FakePodman, settings: Any):
+    from provisioning.reconciler.runner import reconcile_pass
+
+    live_deployment = go_live(app)
+    labels = {"coltsfoot.instance": str(settings.INSTANCE_ID), "coltsfoot.deployment": str(uuid.uuid4())}
+    stray = podman.ContainerSpec(
+        name="tsl-stray-0",
+        image=live_deployment.image_ref,
+        network=runtime.tenant_network(app.tenant.public_id),
+        uid=1,
+        gid=1,
+        memory_mb=64,
+        cpus=1,
+        pids_limit=10,
+        env={},
+        secret_env={},
+        command="sleep 1000",
+        labels=labels,
+    )
+    fake_podman.container_run_detached(stray)
+    fake_podman.containers["tsl-stray-0"].created_at -= settings.ORPHAN_GRACE_SECONDS + 1
+    report = reconcile_pass(host="host-1")
+    assert report.actions.get("orphan_removed") == 1
+    assert "tsl-stray-0" not in fake_podman.containers
+
+
 def test_while_another_worker_holds_the_control_part_a_host_still_repairs_its_own(app: App, fake_podman: FakePodman):
     live = go_live(app)
     fake_podman.kill(replicas_of(live)[0].name)
